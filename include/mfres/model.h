@@ -1,0 +1,110 @@
+/* CIFAR-style ResNets (depth 6n+2) with post- or pre-activation blocks, trained
+ * vanilla or with mean-field training (Algorithm 1 of Lu et al., ICML 2020).
+ *
+ * The model owns one parameter buffer, one gradient buffer, one buffer of
+ * running statistics and one activation arena; every tensor is a named view
+ * into them, named as PyTorch's state_dict would name it. The fast path runs
+ * on oneDNN in float32; mfres_model_ref_* runs the same network with the
+ * double-precision reference kernels, for tests. */
+#ifndef MFRES_MODEL_H
+#define MFRES_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum { MFRES_BLOCK_POSTACT = 0, MFRES_BLOCK_PREACT = 1 } mfres_block_type;
+typedef enum { MFRES_MODE_VANILLA = 0, MFRES_MODE_MEANFIELD = 1 } mfres_mode;
+typedef enum { MFRES_TAU_UNIT = 0, MFRES_TAU_GRID = 1 } mfres_tau_init;
+
+typedef struct mfres_model_config {
+    int depth; /* 6n+2: 8, 14, 20, 32, 44, 56, 110, ... */
+    mfres_block_type block;
+    mfres_mode mode;
+    mfres_tau_init tau_init;
+    int in_c, in_h, in_w; /* input image shape; H and W divisible by 4 */
+    int num_classes;
+    int batch;      /* primitives and activations are sized for this batch */
+    int base_width; /* channels of stage 1 (16); stages 2, 3 double it */
+    float bn_momentum, bn_eps; /* PyTorch defaults 0.1, 1e-5 */
+} mfres_model_config;
+
+/* Fills in the defaults (ResNet-20, post-activation, mean-field, unit tau,
+ * 1x28x28, 10 classes, batch 128, width 16). */
+void mfres_model_config_default(mfres_model_config *cfg);
+/* Checks a configuration; on error the message names the field and valid values. */
+int mfres_model_config_check(const mfres_model_config *cfg);
+const char *mfres_block_name(mfres_block_type b);
+const char *mfres_mode_name(mfres_mode m);
+const char *mfres_tau_init_name(mfres_tau_init t);
+
+typedef struct mfres_tensor {
+    char name[64];     /* PyTorch state_dict name, e.g. "layer2.0.conv1.weight" */
+    int ndim;
+    int64_t shape[4];
+    size_t numel;
+    float *data;       /* into params, buffers or tau */
+    float *grad;       /* into grads or tau_grad; NULL for running statistics */
+    bool is_tau;       /* a block's depth position (no weight decay) */
+} mfres_tensor;
+
+struct resnet_impl;
+
+typedef struct mfres_model {
+    mfres_model_config cfg;
+    int blocks_per_stage; /* n = (depth - 2) / 6 */
+    int particles;        /* per stage: n - 1 (the stage head is fixed, step 1) */
+
+    int n_tensors;
+    mfres_tensor *tensors;
+
+    size_t n_params; /* trainable theta: conv, BN affine, classifier */
+    float *params, *grads;
+    size_t n_buffers; /* BN running statistics */
+    float *buffers;
+    /* Mean-field state, 3 stages x particles: tau[s*P + i] is particle i's depth
+     * position (particle i = block i+1 of stage s); order[s*P + l] is the
+     * particle at position l after sorting by tau; h[s*P + l] its step. In
+     * vanilla mode tau is absent (n_tau = 0) and every step is 1. */
+    int n_tau;
+    float *tau, *tau_grad;
+    int *order;
+    float *h;
+
+    double forward_flops;  /* per image */
+    size_t activation_bytes, workspace_bytes;
+    struct resnet_impl *impl;
+} mfres_model;
+
+/* Builds the network, allocates everything once, and initialises the weights
+ * (He/Kaiming normal for convolutions, PyTorch's default for the classifier,
+ * BN gamma 1 beta 0) from `seed`. */
+int mfres_model_create(mfres_model *m, const mfres_model_config *cfg, uint64_t seed);
+void mfres_model_free(mfres_model *m);
+
+/* Prints the per-layer table (shape, parameters, FLOPs) and memory per category. */
+void mfres_model_print_summary(const mfres_model *m, FILE *out);
+mfres_tensor *mfres_model_find(mfres_model *m, const char *name);
+
+/* Forward pass on a batch (cfg.batch images, NCHW float; labels -1 = padding).
+ * train: batch statistics (and running-statistics update) and saves what the
+ * backward pass needs; otherwise running statistics. Returns the mean loss
+ * over valid rows in *loss, correct predictions in *correct. */
+int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labels, bool train, double *loss,
+                        int *correct);
+/* Backward pass after a training forward: writes grads (all of theta) and, in
+ * mean-field mode, tau_grad (the exact gradient for the order in force). */
+int mfres_model_backward(mfres_model *m);
+/* Sorts each stage's particles by tau (stable) and recomputes the steps h. */
+void mfres_model_sort_blocks(mfres_model *m);
+/* Number of sorted orders that changed in the last mfres_model_sort_blocks call. */
+int mfres_model_last_reorders(const mfres_model *m);
+
+/* Reference path in double precision (ref kernels, NCHW). Uses the model's
+ * parameters, tau and order; writes the loss and, if grads/tau_grad are non-NULL,
+ * gradients laid out like m->grads and m->tau_grad. BN in training mode. */
+int mfres_model_ref_loss_and_grad(const mfres_model *m, const float *images, const int32_t *labels, double *loss,
+                                  double *grads, double *tau_grad);
+
+#endif

@@ -1,0 +1,40 @@
+/* The mfres command line: one program, several subcommands. Each subcommand is
+ * `int cmd_NAME(int argc, char **argv)` with argv[0] = the subcommand name, and
+ * returns the process exit status: 0 success, 1 a runtime failure (the message
+ * names the file or step), 2 a usage error (the message names the flag). */
+#ifndef MFRES_CLI_H
+#define MFRES_CLI_H
+
+#include <stdbool.h>
+
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_theory(int argc, char **argv);
+/* `mfres theory linear ...` (deep linear ResNets, P3). */
+int cmd_theory_linear(int argc, char **argv);
+/* `mfres theory <experiment> ...` for the particle mean-field model (P1, P2). */
+int cmd_theory_particle(int argc, char **argv);
+
+/* Usage errors: print "mfres CMD: error: ..." to stderr and return 2. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Runtime failures: print "mfres CMD: error: <mfres_last_error()>" and return 1. */
+int cli_runtime_error(const char *cmd);
+
+/* Value parsers: on a bad value they print a usage error naming the flag and
+ * the valid range, and return 2; on success they store the value and return 0. */
+int cli_parse_long(const char *cmd, const char *flag, const char *value, long min, long max, long *out);
+int cli_parse_double(const char *cmd, const char *flag, const char *value, double min, double max, double *out);
+/* Comma-separated list of longs ("80,120"); at most max_n entries. */
+int cli_parse_long_list(const char *cmd, const char *flag, const char *value, long *out, int max_n, int *n_out);
+
+/* Flag matching for "--flag value" and "--flag=value" forms. If argv[*i] is
+ * `flag`, sets *value to its argument (advancing *i when it is the next word)
+ * and returns 1; returns 0 if argv[*i] is some other flag; returns -1 (after
+ * printing a usage error) if the value is missing. */
+int cli_flag(const char *cmd, int argc, char **argv, int *i, const char *flag, const char **value);
+
+/* True when stderr is a terminal (progress bars) */
+bool cli_stderr_is_tty(void);
+
+#endif

@@ -1,0 +1,154 @@
+/* 2-D convolution (no bias) on oneDNN: forward, backward-data, backward-weights.
+ *
+ * The weights' master copy is plain OIHW in the parameter buffer. oneDNN runs
+ * fastest with weights in a blocked layout of its own choosing (format `any`);
+ * plain weights with blocked activations fall to a reference kernel hundreds
+ * of times slower. So each layer owns blocked copies, refreshed once per step
+ * by nn_conv2d_prepare(), and reorders the weight gradient back to plain. */
+#include <string.h>
+
+#include "mfres/core.h"
+#include "nn/nn.h"
+
+static int make_primitive(dnnl_primitive_t *prim, dnnl_primitive_desc_t pd) {
+    NN_CHECK(dnnl_primitive_create(prim, pd));
+    return MFRES_OK;
+}
+
+/* A buffer + memory object in layout `want`, or an alias of `plain` when the
+ * layouts agree; and the reorder between them (from_plain: plain -> want). */
+static int make_layout_copy(const nn_ctx *ctx, const dnnl_memory_desc_t *want, const dnnl_memory_desc_t *plain_md,
+                            bool from_plain, dnnl_memory_t *mem, float **buf, dnnl_primitive_t *reorder) {
+    *buf = NULL;
+    *reorder = NULL;
+    if (dnnl_memory_desc_equal(want, plain_md)) {
+        *mem = NULL; /* caller uses the plain memory */
+        return MFRES_OK;
+    }
+    *buf = mfres_alloc(dnnl_memory_desc_get_size(want), "convolution weights (blocked)");
+    if (!*buf) return MFRES_ENOMEM;
+    int rc = nn_memory_wrap(mem, ctx, want, *buf);
+    if (rc) return rc;
+    dnnl_primitive_desc_t pd;
+    if (from_plain)
+        NN_CHECK(dnnl_reorder_primitive_desc_create(&pd, plain_md, ctx->engine, want, ctx->engine, NULL));
+    else
+        NN_CHECK(dnnl_reorder_primitive_desc_create(&pd, want, ctx->engine, plain_md, ctx->engine, NULL));
+    rc = make_primitive(reorder, pd);
+    dnnl_primitive_desc_destroy(pd);
+    return rc;
+}
+
+int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
+                   int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md, bool backward_data) {
+    memset(conv, 0, sizeof *conv);
+    conv->N = N, conv->C = C, conv->H = H, conv->W = W, conv->K = K, conv->R = R, conv->S = S;
+    conv->stride = stride, conv->pad = pad, conv->backward_data = backward_data;
+    conv->OH = (H + 2 * pad - R) / stride + 1;
+    conv->OW = (W + 2 * pad - S) / stride + 1;
+
+    dnnl_memory_desc_t w_any, w_plain;
+    dnnl_dims_t wdims = {K, C, R, S};
+    dnnl_memory_desc_init_by_tag(&w_any, 4, wdims, dnnl_f32, dnnl_format_tag_any);
+    dnnl_memory_desc_init_by_tag(&w_plain, 4, wdims, dnnl_f32, dnnl_oihw);
+    dnnl_dims_t strides = {stride, stride}, padding = {pad, pad};
+    /* Right padding so that the output size is exact when (H + 2p - R) is not a multiple of the stride. */
+    dnnl_dims_t padding_r = {(conv->OH - 1) * stride + R - H - pad, (conv->OW - 1) * stride + S - W - pad};
+
+    dnnl_convolution_desc_t desc;
+    dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
+    NN_CHECK(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_training, dnnl_convolution_direct, src_md, &w_any,
+                                                NULL, dst_md, strides, padding, padding_r));
+    NN_CHECK(dnnl_primitive_desc_create(&fwd_pd, &desc, NULL, ctx->engine, NULL));
+    int rc = make_primitive(&conv->fwd, fwd_pd);
+    const dnnl_memory_desc_t *w_fwd_md = dnnl_primitive_desc_query_md(fwd_pd, dnnl_query_weights_md, 0);
+    if (!rc) rc = nn_memory_wrap(&conv->w_plain, ctx, &w_plain, NULL);
+    if (!rc) rc = nn_memory_wrap(&conv->dw_plain, ctx, &w_plain, NULL);
+    if (!rc) rc = make_layout_copy(ctx, w_fwd_md, &w_plain, true, &conv->w_fwd, &conv->w_fwd_buf, &conv->reorder_w_fwd);
+    if (rc) goto done;
+
+    if (backward_data) {
+        NN_CHECK(dnnl_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, src_md, &w_any, dst_md,
+                                                          strides, padding, padding_r));
+        NN_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, ctx->engine, fwd_pd));
+        rc = make_primitive(&conv->bwd_data, pd);
+        const dnnl_memory_desc_t *w_bd_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        if (!rc && conv->w_fwd && dnnl_memory_desc_equal(w_bd_md, w_fwd_md)) {
+            conv->w_bwd_data = conv->w_fwd; /* same layout: share the forward copy */
+        } else if (!rc) {
+            rc = make_layout_copy(ctx, w_bd_md, &w_plain, true, &conv->w_bwd_data, &conv->w_bwd_data_buf,
+                                  &conv->reorder_w_bwd_data);
+        }
+        dnnl_primitive_desc_destroy(pd);
+        pd = NULL;
+        if (rc) goto done;
+    }
+
+    NN_CHECK(dnnl_convolution_backward_weights_desc_init(&desc, dnnl_convolution_direct, src_md, &w_any, NULL, dst_md,
+                                                         strides, padding, padding_r));
+    NN_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, ctx->engine, fwd_pd));
+    rc = make_primitive(&conv->bwd_weights, pd);
+    const dnnl_memory_desc_t *dw_md = dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
+    if (!rc) rc = make_layout_copy(ctx, dw_md, &w_plain, false, &conv->dw, &conv->dw_buf, &conv->reorder_dw);
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    dnnl_primitive_desc_destroy(fwd_pd);
+    return rc;
+}
+
+void nn_conv2d_bind(nn_conv2d *conv, float *w, float *dw) {
+    dnnl_memory_set_data_handle(conv->w_plain, w);
+    dnnl_memory_set_data_handle(conv->dw_plain, dw);
+}
+
+static int run_reorder(const nn_ctx *ctx, dnnl_primitive_t reorder, dnnl_memory_t from, dnnl_memory_t to) {
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    NN_CHECK(dnnl_primitive_execute(reorder, ctx->stream, 2, args));
+    return MFRES_OK;
+}
+
+int nn_conv2d_prepare(nn_conv2d *conv, const nn_ctx *ctx) {
+    int rc = MFRES_OK;
+    if (conv->reorder_w_fwd) rc = run_reorder(ctx, conv->reorder_w_fwd, conv->w_plain, conv->w_fwd);
+    if (!rc && conv->reorder_w_bwd_data) rc = run_reorder(ctx, conv->reorder_w_bwd_data, conv->w_plain, conv->w_bwd_data);
+    return rc;
+}
+
+int nn_conv2d_forward(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in) {
+    dnnl_exec_arg_t args[] = {
+        {DNNL_ARG_SRC, in}, {DNNL_ARG_WEIGHTS, conv->w_fwd ? conv->w_fwd : conv->w_plain}, {DNNL_ARG_DST, out}};
+    NN_CHECK(dnnl_primitive_execute(conv->fwd, ctx->stream, 3, args));
+    return MFRES_OK;
+}
+
+int nn_conv2d_backward_data(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t din, dnnl_memory_t dout) {
+    if (!conv->bwd_data) return mfres_fail(MFRES_EINVAL, "convolution built without backward-data");
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_DIFF_DST, dout},
+                              {DNNL_ARG_WEIGHTS, conv->w_bwd_data ? conv->w_bwd_data : conv->w_plain},
+                              {DNNL_ARG_DIFF_SRC, din}};
+    NN_CHECK(dnnl_primitive_execute(conv->bwd_data, ctx->stream, 3, args));
+    return MFRES_OK;
+}
+
+int nn_conv2d_backward_weights(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t in, dnnl_memory_t dout) {
+    dnnl_exec_arg_t args[] = {
+        {DNNL_ARG_SRC, in}, {DNNL_ARG_DIFF_DST, dout}, {DNNL_ARG_DIFF_WEIGHTS, conv->dw ? conv->dw : conv->dw_plain}};
+    NN_CHECK(dnnl_primitive_execute(conv->bwd_weights, ctx->stream, 3, args));
+    if (conv->reorder_dw) return run_reorder(ctx, conv->reorder_dw, conv->dw, conv->dw_plain);
+    return MFRES_OK;
+}
+
+void nn_conv2d_free(nn_conv2d *conv) {
+    dnnl_primitive_t prims[] = {conv->fwd, conv->bwd_data, conv->bwd_weights, conv->reorder_w_fwd,
+                                conv->reorder_w_bwd_data, conv->reorder_dw};
+    for (size_t i = 0; i < sizeof prims / sizeof prims[0]; i++)
+        if (prims[i]) dnnl_primitive_destroy(prims[i]);
+    if (conv->w_bwd_data && conv->w_bwd_data != conv->w_fwd) dnnl_memory_destroy(conv->w_bwd_data);
+    dnnl_memory_t mems[] = {conv->w_plain, conv->dw_plain, conv->w_fwd, conv->dw};
+    for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++)
+        if (mems[i]) dnnl_memory_destroy(mems[i]);
+    mfres_free(conv->w_fwd_buf);
+    mfres_free(conv->w_bwd_data_buf);
+    mfres_free(conv->dw_buf);
+    memset(conv, 0, sizeof *conv);
+}

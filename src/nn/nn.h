@@ -1,0 +1,127 @@
+/* The fast path: layers on oneDNN (convolution, batch norm) and plain loops
+ * with OpenMP (residual add, option-A shortcut, pooling, linear via CBLAS,
+ * softmax cross-entropy), all float32.
+ *
+ * Activations stay in oneDNN's blocked layout nChw{B}c (B = 8 on AVX2, 16 on
+ * AVX-512) from the stem convolution to the global average pool: the input is
+ * read as plain NCHW by the stem, and the pool writes plain [N, C] for the
+ * classifier. Parameters live in plain layouts (OIHW, vectors) in the model's
+ * one parameter buffer; each convolution keeps a copy of its weights in the
+ * layout oneDNN prefers and reorders once per step.
+ *
+ * Every primitive is created once, at model build, for a fixed batch size.
+ * The reference kernels these are tested against are in ref.h. */
+#ifndef MFRES_NN_H
+#define MFRES_NN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+typedef struct nn_ctx {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    int block; /* channel block of the activation layout: 8 or 16 */
+} nn_ctx;
+
+int nn_ctx_init(nn_ctx *ctx);
+void nn_ctx_free(nn_ctx *ctx);
+
+/* Memory descriptors for the layouts we use. */
+dnnl_memory_desc_t nn_md_blocked(const nn_ctx *ctx, int N, int C, int H, int W); /* nChw{B}c */
+dnnl_memory_desc_t nn_md_nchw(int N, int C, int H, int W);
+dnnl_memory_desc_t nn_md_vector(int C);
+/* Wraps a caller-owned buffer (may be NULL now and set later) in a oneDNN memory object. */
+int nn_memory_wrap(dnnl_memory_t *mem, const nn_ctx *ctx, const dnnl_memory_desc_t *md, void *data);
+
+/* Returns MFRES_EBACKEND with a message naming the call if status is not success. */
+int nn_check(dnnl_status_t status, const char *what, const char *file, int line);
+#define NN_CHECK(call)                                                            \
+    do {                                                                          \
+        int nn_rc_ = nn_check((call), #call, __FILE__, __LINE__);                 \
+        if (nn_rc_) return nn_rc_;                                                \
+    } while (0)
+
+/* ---- conv2d: 2-D convolution without bias, on oneDNN ---- */
+typedef struct nn_conv2d {
+    int N, C, H, W, K, R, S, stride, pad, OH, OW;
+    bool backward_data; /* false for the stem: the input needs no gradient */
+    dnnl_primitive_t fwd, bwd_data, bwd_weights;
+    dnnl_primitive_t reorder_w_fwd, reorder_w_bwd_data, reorder_dw; /* NULL when layouts match */
+    dnnl_memory_t w_plain, dw_plain;       /* handles point into the parameter / gradient buffers */
+    dnnl_memory_t w_fwd, w_bwd_data, dw;   /* oneDNN's preferred layouts (own buffers, or aliases) */
+    float *w_fwd_buf, *w_bwd_data_buf, *dw_buf;
+} nn_conv2d;
+
+/* src_md and dst_md fix the activation layouts; the weights layout is oneDNN's choice. */
+int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
+                   int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md, bool backward_data);
+/* Points the layer at plain OIHW weights and their gradient (K*C*R*S floats each). */
+void nn_conv2d_bind(nn_conv2d *conv, float *w, float *dw);
+/* Reorders the bound plain weights into the layouts the primitives want. Once per step. */
+int nn_conv2d_prepare(nn_conv2d *conv, const nn_ctx *ctx);
+int nn_conv2d_forward(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in);
+/* din = conv^T(dout) (overwrites) */
+int nn_conv2d_backward_data(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t din, dnnl_memory_t dout);
+/* dw (the bound plain gradient) = correlation of in and dout (overwrites: oneDNN has no accumulate mode here) */
+int nn_conv2d_backward_weights(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t in, dnnl_memory_t dout);
+void nn_conv2d_free(nn_conv2d *conv);
+
+/* ---- batch norm (+ optional fused ReLU), on oneDNN ---- */
+typedef struct nn_batchnorm {
+    int N, C, HW;
+    bool relu;
+    float eps;
+    size_t workspace_bytes; /* ReLU mask for backward, when fused */
+    dnnl_primitive_t fwd_train, fwd_infer, bwd;
+    dnnl_memory_t gamma, beta, dgamma, dbeta, mean, var, running_mean, running_var, workspace;
+} nn_batchnorm;
+
+int nn_batchnorm_init(nn_batchnorm *bn, const nn_ctx *ctx, int N, int C, int H, int W, bool relu, float eps,
+                      const dnnl_memory_desc_t *data_md);
+/* Binds parameters (gamma, beta), their gradients, running statistics, and the
+ * per-position saved state: batch mean/var [C] and the ReLU workspace. */
+void nn_batchnorm_bind(nn_batchnorm *bn, float *gamma, float *beta, float *dgamma, float *dbeta, float *running_mean,
+                       float *running_var, float *mean, float *var, void *workspace);
+/* Training: normalise with batch statistics, save mean/var, then update the
+ * running statistics like PyTorch (momentum 0.1, unbiased variance). */
+int nn_batchnorm_forward_train(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in,
+                               float momentum);
+int nn_batchnorm_forward_infer(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in);
+/* din overwritten; dgamma, dbeta overwritten. */
+int nn_batchnorm_backward(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t din, dnnl_memory_t dout,
+                          dnnl_memory_t in);
+void nn_batchnorm_free(nn_batchnorm *bn);
+
+/* ---- plain loops (any layout where noted) ---- */
+/* out = act(shortcut + h * branch); elementwise, so any layout shared by all three. */
+void nn_residual_forward(float *out, const float *shortcut, const float *branch, float h, bool relu, size_t n);
+/* g = dout * act'(out); writes dbranch = h*g, dshortcut = g (may alias dout) and returns dh = <g, branch>. */
+double nn_residual_backward(float *dshortcut, float *dbranch, const float *dout, const float *out,
+                            const float *branch, float h, bool relu, size_t n);
+/* dst += src */
+void nn_add_inplace(float *dst, const float *src, size_t n);
+
+/* Option-A shortcut on nChw{B}c: in [N,C,H,W] -> out [N,2C,H/2,W/2], zero channels C/2 on each side. */
+void nn_shortcut_a_forward(float *out, const float *in, int N, int C, int H, int W, int block);
+/* din += shortcut^T(dout) */
+void nn_shortcut_a_backward_add(float *din, const float *dout, int N, int C, int H, int W, int block);
+
+/* Global average pool from nChw{B}c to plain [N, C]. */
+void nn_avgpool_forward(float *out, const float *in, int N, int C, int HW, int block);
+void nn_avgpool_backward(float *din, const float *dout, int N, int C, int HW, int block);
+
+/* Linear (CBLAS): out[N,O] = in[N,I] w[O,I]^T + b. Backward overwrites din, dw, db. */
+void nn_linear_forward(float *out, const float *in, const float *w, const float *b, int N, int n_in, int n_out);
+void nn_linear_backward(float *din, float *dw, float *db, const float *dout, const float *in, const float *w, int N,
+                        int n_in, int n_out);
+
+/* Softmax cross-entropy averaged over rows with label >= 0 (label -1 = padding).
+ * Saves probs; returns the summed loss over valid rows in *loss_sum and counts
+ * correct predictions and valid rows. dlogits = (probs - onehot)/n_valid. */
+void nn_softmax_xent_forward(float *probs, double *loss_sum, int *correct, int *n_valid, const float *logits,
+                             const int *labels, int N, int K);
+void nn_softmax_xent_backward(float *dlogits, const float *probs, const int *labels, int N, int K);
+
+#endif

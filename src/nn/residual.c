@@ -1,0 +1,70 @@
+/* The residual add with a per-block step h, and the option-A shortcut.
+ *
+ * out = act(shortcut + h * branch) is the one place where Algorithm 1 touches
+ * the network: h = tau^l - tau^(l-1) scales each block's branch, and the
+ * backward pass returns dE/dh = <g, branch>, from which the tau gradients are
+ * assembled. One pass each way, whatever the (shared) layout. */
+#include <string.h>
+
+#include "nn/nn.h"
+
+void nn_residual_forward(float *out, const float *shortcut, const float *branch, float h, bool relu, size_t n) {
+    if (relu) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float v = shortcut[i] + h * branch[i];
+            out[i] = v > 0.0f ? v : 0.0f;
+        }
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) out[i] = shortcut[i] + h * branch[i];
+    }
+}
+
+double nn_residual_backward(float *dshortcut, float *dbranch, const float *dout, const float *out,
+                            const float *branch, float h, bool relu, size_t n) {
+    double dh = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : dh)
+    for (size_t i = 0; i < n; i++) {
+        float g = (!relu || out[i] > 0.0f) ? dout[i] : 0.0f;
+        dh += (double)g * branch[i];
+        dbranch[i] = h * g;
+        dshortcut[i] = g;
+    }
+    return dh;
+}
+
+void nn_add_inplace(float *dst, const float *src, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+/* Offset of element (n, c, h, w) in nChw{B}c with C a multiple of B. */
+static inline size_t blocked_offset(int n, int c, int h, int w, int C, int H, int W, int B) {
+    return ((((size_t)n * (C / B) + c / B) * H + h) * W + w) * B + c % B;
+}
+
+void nn_shortcut_a_forward(float *out, const float *in, int N, int C, int H, int W, int block) {
+    int OC = 2 * C, OH = H / 2, OW = W / 2;
+    size_t per_image = (size_t)OC * OH * OW;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        memset(out + (size_t)n * per_image, 0, per_image * sizeof(float));
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < OH; i++)
+                for (int j = 0; j < OW; j++)
+                    out[blocked_offset(n, C / 2 + c, i, j, OC, OH, OW, block)] =
+                        in[blocked_offset(n, c, 2 * i, 2 * j, C, H, W, block)];
+    }
+}
+
+void nn_shortcut_a_backward_add(float *din, const float *dout, int N, int C, int H, int W, int block) {
+    int OC = 2 * C, OH = H / 2, OW = W / 2;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < OH; i++)
+                for (int j = 0; j < OW; j++)
+                    din[blocked_offset(n, c, 2 * i, 2 * j, C, H, W, block)] +=
+                        dout[blocked_offset(n, C / 2 + c, i, j, OC, OH, OW, block)];
+}

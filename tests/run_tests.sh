@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test binary in build/tests and every tests/test_*.py under Debian's
+# python3 (the one that sees python3-torch). Prints one line per test program
+# and a final "N passed, N failed" line; exits non-zero if anything failed.
+set -u
+cd "$(dirname "$0")/.."
+passed=0; failed=0; failed_names=()
+export MFRES_SHARED_DATA="${MFRES_SHARED_DATA:-$(cd .. && pwd)/shared/data}"
+export CK_DEFAULT_TIMEOUT="${CK_DEFAULT_TIMEOUT:-600}"
+run_one() {
+  local name=$1; shift
+  local log; log=$(mktemp)
+  local t0=$SECONDS
+  if "$@" >"$log" 2>&1; then
+    passed=$((passed+1)); printf 'PASS %-40s %4ds\n' "$name" $((SECONDS-t0))
+  else
+    failed=$((failed+1)); failed_names+=("$name"); printf 'FAIL %-40s %4ds\n' "$name" $((SECONDS-t0))
+    sed 's/^/    | /' "$log" | tail -40
+  fi
+  rm -f "$log"
+}
+for t in build/tests/test_*; do
+  [ -x "$t" ] || continue
+  run_one "$(basename "$t")" "$t"
+done
+for t in tests/test_*.py; do
+  [ -f "$t" ] || continue
+  run_one "$(basename "$t")" /usr/bin/python3 "$t"
+done
+for t in tests/test_*.sh; do
+  [ -f "$t" ] || continue
+  run_one "$(basename "$t")" bash "$t"
+done
+[ ${#failed_names[@]} -eq 0 ] || echo "failed: ${failed_names[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

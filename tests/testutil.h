@@ -1,0 +1,49 @@
+/* Shared helpers for the Check-based C tests. Each tests/test_*.c file is its own
+ * binary: it defines `static Suite *make_suite(void)` and ends with
+ * MFRES_TEST_MAIN(make_suite). The binary exits non-zero on any failure. */
+#ifndef MFRES_TESTUTIL_H
+#define MFRES_TESTUTIL_H
+
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "mfres/core.h"
+
+/* Paths to the data sets, overridable from the environment. */
+static inline const char *test_shared_data_dir(void) {
+    const char *d = getenv("MFRES_SHARED_DATA");
+    return d ? d : "../shared/data";
+}
+static inline const char *test_fashion_mnist_dir(void) {
+    const char *d = getenv("MFRES_FASHION_MNIST");
+    return d ? d : "/usr/share/datasets/fashion-mnist";
+}
+
+/* Asserts rc == MFRES_OK and shows the library's message if not. */
+#define ck_assert_ok(expr)                                                                     \
+    do {                                                                                       \
+        int rc_ = (expr);                                                                      \
+        ck_assert_msg(rc_ == MFRES_OK, "%s returned %d: %s", #expr, rc_, mfres_last_error()); \
+    } while (0)
+
+/* Relative error of two vectors in the 2-norm: |a-b| / max(|b|, tiny). */
+static inline double test_rel_err_f64(const double *a, const double *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num) / (sqrt(den) > 1e-300 ? sqrt(den) : 1e-300);
+}
+
+#define MFRES_TEST_MAIN(make_suite_fn)                         \
+    int main(void) {                                           \
+        SRunner *sr = srunner_create(make_suite_fn());         \
+        srunner_run_all(sr, CK_NORMAL);                        \
+        int failed = srunner_ntests_failed(sr);                \
+        srunner_free(sr);                                      \
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;      \
+    }
+
+#endif
