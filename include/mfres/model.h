@@ -101,10 +101,12 @@ void mfres_model_sort_blocks(mfres_model *m);
 /* Number of sorted orders that changed in the last mfres_model_sort_blocks call. */
 int mfres_model_last_reorders(const mfres_model *m);
 
-/* Reference path in double precision (ref kernels, NCHW). Uses the model's
- * parameters, tau and order; writes the loss and, if grads/tau_grad are non-NULL,
- * gradients laid out like m->grads and m->tau_grad. BN in training mode. */
-int mfres_model_ref_loss_and_grad(const mfres_model *m, const float *images, const int32_t *labels, double *loss,
-                                  double *grads, double *tau_grad);
+/* Reference path in double precision (ref kernels, NCHW), for tests. Runs the
+ * model's architecture with the given parameters (laid out like m->params) and
+ * tau (like m->tau; NULL in vanilla mode), sorting the particles by tau itself.
+ * BN in training mode (batch statistics). Writes the mean loss and, if grads /
+ * tau_grad are non-NULL, the gradients laid out like m->grads / m->tau_grad. */
+int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, const double *tau, const float *images,
+                                  const int32_t *labels, double *loss, double *grads, double *tau_grad);
 
 #endif

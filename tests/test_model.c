@@ -1,0 +1,302 @@
+/* The ResNet, fast path and reference path:
+ * - the double-precision reference model's gradients (theta and tau) against
+ *   central finite differences;
+ * - the oneDNN float32 model against the reference model: loss, every
+ *   parameter gradient and the tau gradients, both block types, both modes;
+ * - mean-field with unit tau equals vanilla at step 0;
+ * - a step that changes the block order: the sort routes the right parameters
+ *   and the gradient after it is exact for the new order;
+ * - same inputs, same bits. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "mfres/meanfield.h"
+#include "mfres/model.h"
+#include "testutil.h"
+
+typedef struct fixture {
+    mfres_model m;
+    float *images;
+    int32_t *labels;
+} fixture;
+
+static void make_fixture(fixture *f, int depth, mfres_block_type block, mfres_mode mode, mfres_tau_init tau_init,
+                         int batch, int in_c, int hw, uint64_t seed) {
+    mfres_model_config cfg;
+    mfres_model_config_default(&cfg);
+    cfg.depth = depth, cfg.block = block, cfg.mode = mode, cfg.tau_init = tau_init;
+    cfg.batch = batch, cfg.in_c = in_c, cfg.in_h = cfg.in_w = hw, cfg.num_classes = 5;
+    ck_assert_ok(mfres_model_create(&f->m, &cfg, seed));
+    size_t n = (size_t)batch * in_c * hw * hw;
+    f->images = malloc(n * sizeof(float));
+    f->labels = malloc(batch * sizeof(int32_t));
+    mfres_rng rng;
+    mfres_rng_seed(&rng, seed + 1000);
+    for (size_t i = 0; i < n; i++) f->images[i] = (float)mfres_rng_normal(&rng);
+    for (int i = 0; i < batch; i++) f->labels[i] = (int32_t)mfres_rng_below(&rng, 5);
+    /* Non-trivial BN affine parameters, so their gradients are exercised. */
+    for (int t = 0; t < f->m.n_tensors; t++) {
+        mfres_tensor *tt = &f->m.tensors[t];
+        if (tt->ndim == 1 && !tt->is_tau && tt->grad && strstr(tt->name, "bn"))
+            for (size_t k = 0; k < tt->numel; k++) tt->data[k] += (float)(0.2 * mfres_rng_normal(&rng));
+    }
+}
+
+static void free_fixture(fixture *f) {
+    mfres_model_free(&f->m);
+    free(f->images);
+    free(f->labels);
+}
+
+static double *params_f64(const mfres_model *m) {
+    double *p = malloc(m->n_params * sizeof(double));
+    for (size_t i = 0; i < m->n_params; i++) p[i] = m->params[i];
+    return p;
+}
+static double *tau_f64(const mfres_model *m) {
+    double *t = malloc((m->n_tau + 1) * sizeof(double));
+    for (int i = 0; i < m->n_tau; i++) t[i] = m->tau[i];
+    return t;
+}
+
+/* ---- reference model against finite differences ---- */
+static void check_ref_fd(mfres_block_type block) {
+    fixture f;
+    make_fixture(&f, 14, block, MFRES_MODE_MEANFIELD, MFRES_TAU_GRID, 4, 2, 8, 7);
+    mfres_model *m = &f.m;
+    /* Distinct steps, in an order that is not the particle order. */
+    float taus[] = {0.7f, 0.3f, 0.9f};
+    for (int s = 0; s < 3; s++) m->tau[s] = taus[s];
+    double *p = params_f64(m), *tau = tau_f64(m), *g = malloc(m->n_params * sizeof(double)), tg[3], loss, lp, lm;
+    ck_assert_ok(mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &loss, g, tg));
+    const double eps = 1e-6;
+    mfres_rng rng;
+    mfres_rng_seed(&rng, 3);
+    int checked = 0;
+    for (int trial = 0; trial < 60; trial++) {
+        size_t i = mfres_rng_below(&rng, (uint32_t)m->n_params);
+        double save = p[i];
+        p[i] = save + eps;
+        mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &lp, NULL, NULL);
+        p[i] = save - eps;
+        mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &lm, NULL, NULL);
+        p[i] = save;
+        double fd = (lp - lm) / (2 * eps);
+        ck_assert_msg(fabs(fd - g[i]) <= 1e-7 + 1e-4 * fabs(fd), "param %zu: backprop %.10g, finite difference %.10g",
+                      i, g[i], fd);
+        checked++;
+    }
+    for (int i = 0; i < m->n_tau; i++) {
+        double save = tau[i];
+        tau[i] = save + eps;
+        mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &lp, NULL, NULL);
+        tau[i] = save - eps;
+        mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &lm, NULL, NULL);
+        tau[i] = save;
+        double fd = (lp - lm) / (2 * eps);
+        ck_assert_msg(fabs(fd - tg[i]) <= 1e-8 + 1e-5 * fabs(fd), "tau %d: backprop %.10g, finite difference %.10g", i,
+                      tg[i], fd);
+        ck_assert_msg(fabs(fd) > 1e-6, "tau %d has a vanishing gradient %.3g: the test would prove nothing", i, fd);
+    }
+    ck_assert_int_eq(checked, 60);
+    free(p), free(tau), free(g);
+    free_fixture(&f);
+}
+START_TEST(ref_gradients_match_finite_differences_postact) { check_ref_fd(MFRES_BLOCK_POSTACT); }
+END_TEST
+START_TEST(ref_gradients_match_finite_differences_preact) { check_ref_fd(MFRES_BLOCK_PREACT); }
+END_TEST
+
+/* ---- the oneDNN model against the reference model ---- */
+static void check_fast_vs_ref(int depth, mfres_block_type block, mfres_mode mode, int in_c, int hw) {
+    fixture f;
+    make_fixture(&f, depth, block, mode, MFRES_TAU_GRID, 8, in_c, hw, 11);
+    mfres_model *m = &f.m;
+    if (mode == MFRES_MODE_MEANFIELD) { /* reverse the order in every stage: exercises the sorted routing */
+        for (int s = 0; s < 3; s++)
+            for (int i = 0; i < m->particles; i++) m->tau[s * m->particles + i] = 1.0f - 0.8f * i / m->particles - 0.05f * s;
+        mfres_model_sort_blocks(m);
+    }
+    double loss, ref_loss;
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, true, &loss, NULL));
+    ck_assert_ok(mfres_model_backward(m));
+    double *p = params_f64(m), *tau = tau_f64(m), *g = malloc(m->n_params * sizeof(double));
+    double *tg = calloc(m->n_tau + 1, sizeof(double));
+    ck_assert_ok(mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &ref_loss, g, tg));
+    ck_assert_msg(fabs(loss - ref_loss) <= 1e-5 * fabs(ref_loss), "loss %.8g vs reference %.8g", loss, ref_loss);
+    for (int t = 0; t < m->n_tensors; t++) {
+        mfres_tensor *tt = &m->tensors[t];
+        if (!tt->grad || tt->is_tau) continue;
+        size_t off = tt->grad - m->grads;
+        double *fast = malloc(tt->numel * sizeof(double));
+        for (size_t k = 0; k < tt->numel; k++) fast[k] = tt->grad[k];
+        double err = test_rel_err_f64(fast, g + off, tt->numel);
+        ck_assert_msg(err <= 1e-4, "%s: gradient relative error %.3g", tt->name, err);
+        free(fast);
+    }
+    if (m->n_tau) {
+        double *fast = malloc(m->n_tau * sizeof(double));
+        for (int i = 0; i < m->n_tau; i++) fast[i] = m->tau_grad[i];
+        double err = test_rel_err_f64(fast, tg, m->n_tau);
+        ck_assert_msg(err <= 1e-4, "tau gradient relative error %.3g", err);
+        free(fast);
+    }
+    free(p), free(tau), free(g), free(tg);
+    free_fixture(&f);
+}
+START_TEST(fast_matches_reference_postact_meanfield) { check_fast_vs_ref(20, MFRES_BLOCK_POSTACT, MFRES_MODE_MEANFIELD, 3, 16); }
+END_TEST
+START_TEST(fast_matches_reference_preact_meanfield) { check_fast_vs_ref(20, MFRES_BLOCK_PREACT, MFRES_MODE_MEANFIELD, 1, 12); }
+END_TEST
+START_TEST(fast_matches_reference_postact_vanilla) { check_fast_vs_ref(8, MFRES_BLOCK_POSTACT, MFRES_MODE_VANILLA, 1, 8); }
+END_TEST
+START_TEST(fast_matches_reference_preact_vanilla) { check_fast_vs_ref(14, MFRES_BLOCK_PREACT, MFRES_MODE_VANILLA, 3, 8); }
+END_TEST
+
+/* ---- unit tau: mean-field equals vanilla at step 0 ---- */
+static void check_unit_equals_vanilla(mfres_block_type block) {
+    fixture v, mf;
+    make_fixture(&v, 20, block, MFRES_MODE_VANILLA, MFRES_TAU_UNIT, 8, 3, 8, 5);
+    make_fixture(&mf, 20, block, MFRES_MODE_MEANFIELD, MFRES_TAU_UNIT, 8, 3, 8, 5);
+    ck_assert_uint_eq(v.m.n_params, mf.m.n_params);
+    ck_assert_int_eq(memcmp(v.m.params, mf.m.params, v.m.n_params * sizeof(float)), 0);
+    double lv, lm;
+    ck_assert_ok(mfres_model_forward(&v.m, v.images, v.labels, true, &lv, NULL));
+    ck_assert_ok(mfres_model_backward(&v.m));
+    ck_assert_ok(mfres_model_forward(&mf.m, mf.images, mf.labels, true, &lm, NULL));
+    ck_assert_ok(mfres_model_backward(&mf.m));
+    ck_assert_msg(lv == lm, "vanilla loss %.9g, mean-field loss %.9g", lv, lm);
+    ck_assert_int_eq(memcmp(v.m.grads, mf.m.grads, v.m.n_params * sizeof(float)), 0);
+    free_fixture(&v);
+    free_fixture(&mf);
+}
+START_TEST(unit_tau_equals_vanilla_postact) { check_unit_equals_vanilla(MFRES_BLOCK_POSTACT); }
+END_TEST
+START_TEST(unit_tau_equals_vanilla_preact) { check_unit_equals_vanilla(MFRES_BLOCK_PREACT); }
+END_TEST
+
+/* ---- a tau step that swaps two blocks ---- */
+START_TEST(order_change_routes_parameters_and_gradient_stays_exact) {
+    fixture f;
+    make_fixture(&f, 20, MFRES_BLOCK_POSTACT, MFRES_MODE_MEANFIELD, MFRES_TAU_GRID, 8, 1, 8, 21);
+    mfres_model *m = &f.m;
+    /* Stage 2's particles nearly tie; a gradient step with a large tau rate swaps them. */
+    int P = m->particles, s = 1;
+    m->tau[s * P + 0] = 0.50f, m->tau[s * P + 1] = 0.50001f;
+    mfres_model_sort_blocks(m);
+    ck_assert_int_eq(m->order[s * P], 0);
+    double loss0;
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, true, &loss0, NULL));
+    ck_assert_ok(mfres_model_backward(m));
+    float g0 = m->tau_grad[s * P], g1 = m->tau_grad[s * P + 1];
+    ck_assert_msg(g0 != g1, "equal tau gradients: cannot force a swap");
+    float lr = 0.1f / fabsf(g0 - g1); /* moves the pair apart by 0.1 in the direction the gradient says */
+    m->tau[s * P + 0] -= lr * g0, m->tau[s * P + 1] -= lr * g1;
+    mfres_model_sort_blocks(m);
+    int swapped = m->order[s * P] == 1;
+    if (!swapped) { /* the gradient kept the order: push the other way to force the swap */
+        float t = m->tau[s * P];
+        m->tau[s * P] = m->tau[s * P + 1], m->tau[s * P + 1] = t;
+        mfres_model_sort_blocks(m);
+    }
+    ck_assert_int_eq(m->order[s * P], 1);
+    ck_assert_int_ge(mfres_model_last_reorders(m), 1);
+
+    /* The fast path after the swap agrees with the reference (which sorts on its own). */
+    double loss1, ref1;
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, true, &loss1, NULL));
+    ck_assert_ok(mfres_model_backward(m));
+    double *p = params_f64(m), *tau = tau_f64(m), tg[64];
+    ck_assert_ok(mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &ref1, NULL, tg));
+    ck_assert_msg(fabs(loss1 - ref1) <= 1e-5 * ref1, "loss %.8g vs reference %.8g", loss1, ref1);
+    /* ... and the tau gradient in the new order matches finite differences of the reference. */
+    for (int i = s * P; i < s * P + P; i++) {
+        double lp, lm, save = tau[i], eps = 1e-6;
+        tau[i] = save + eps;
+        mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &lp, NULL, NULL);
+        tau[i] = save - eps;
+        mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &lm, NULL, NULL);
+        tau[i] = save;
+        double fd = (lp - lm) / (2 * eps);
+        ck_assert_msg(fabs(m->tau_grad[i] - fd) <= 1e-3 * fabs(fd) + 1e-6, "tau %d: fast %.8g, finite difference %.8g",
+                      i, m->tau_grad[i], fd);
+    }
+    /* Physically swapping the two blocks' parameters and taus gives the same network. */
+    mfres_model m2;
+    ck_assert_ok(mfres_model_create(&m2, &m->cfg, 21));
+    memcpy(m2.params, m->params, m->n_params * sizeof(float));
+    memcpy(m2.tau, m->tau, m->n_tau * sizeof(float));
+    char a[64], b[64];
+    const char *parts[] = {"conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.weight", "bn2.bias"};
+    for (size_t k = 0; k < 6; k++) {
+        snprintf(a, sizeof a, "layer2.1.%s", parts[k]);
+        snprintf(b, sizeof b, "layer2.2.%s", parts[k]);
+        mfres_tensor *ta = mfres_model_find(&m2, a), *tb = mfres_model_find(&m2, b);
+        ck_assert_ptr_nonnull(ta);
+        memcpy(ta->data, mfres_model_find(m, b)->data, ta->numel * sizeof(float));
+        memcpy(tb->data, mfres_model_find(m, a)->data, tb->numel * sizeof(float));
+    }
+    m2.tau[s * P] = m->tau[s * P + 1], m2.tau[s * P + 1] = m->tau[s * P];
+    mfres_model_sort_blocks(&m2);
+    ck_assert_int_eq(m2.order[s * P], 0);
+    double loss2;
+    ck_assert_ok(mfres_model_forward(&m2, f.images, f.labels, true, &loss2, NULL));
+    ck_assert_msg(fabs(loss2 - loss1) <= 1e-6 * loss1, "swapped blocks: %.8g vs %.8g", loss2, loss1);
+    mfres_model_free(&m2);
+    free(p), free(tau);
+    free_fixture(&f);
+}
+END_TEST
+
+START_TEST(same_inputs_same_bits) {
+    fixture f;
+    make_fixture(&f, 20, MFRES_BLOCK_PREACT, MFRES_MODE_MEANFIELD, MFRES_TAU_GRID, 16, 3, 16, 4);
+    mfres_model *m = &f.m;
+    float *g1 = malloc(m->n_params * sizeof(float));
+    double l1, l2;
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, true, &l1, NULL));
+    ck_assert_ok(mfres_model_backward(m));
+    memcpy(g1, m->grads, m->n_params * sizeof(float));
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, true, &l2, NULL));
+    ck_assert_ok(mfres_model_backward(m));
+    ck_assert(l1 == l2);
+    ck_assert_int_eq(memcmp(g1, m->grads, m->n_params * sizeof(float)), 0);
+    free(g1);
+    free_fixture(&f);
+}
+END_TEST
+
+START_TEST(bad_configurations_are_refused) {
+    mfres_model_config cfg;
+    mfres_model_config_default(&cfg);
+    mfres_model m;
+    cfg.depth = 21;
+    ck_assert_int_eq(mfres_model_create(&m, &cfg, 1), MFRES_EINVAL);
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), "6n+2"));
+    mfres_model_config_default(&cfg);
+    cfg.batch = 0;
+    ck_assert_int_eq(mfres_model_create(&m, &cfg, 1), MFRES_EINVAL);
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), "batch"));
+}
+END_TEST
+
+static Suite *make_suite(void) {
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("model");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, ref_gradients_match_finite_differences_postact);
+    tcase_add_test(tc, ref_gradients_match_finite_differences_preact);
+    tcase_add_test(tc, fast_matches_reference_postact_meanfield);
+    tcase_add_test(tc, fast_matches_reference_preact_meanfield);
+    tcase_add_test(tc, fast_matches_reference_postact_vanilla);
+    tcase_add_test(tc, fast_matches_reference_preact_vanilla);
+    tcase_add_test(tc, unit_tau_equals_vanilla_postact);
+    tcase_add_test(tc, unit_tau_equals_vanilla_preact);
+    tcase_add_test(tc, order_change_routes_parameters_and_gradient_stays_exact);
+    tcase_add_test(tc, same_inputs_same_bits);
+    tcase_add_test(tc, bad_configurations_are_refused);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+MFRES_TEST_MAIN(make_suite)
