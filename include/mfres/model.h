@@ -101,6 +101,18 @@ void mfres_model_sort_blocks(mfres_model *m);
 /* Number of sorted orders that changed in the last mfres_model_sort_blocks call. */
 int mfres_model_last_reorders(const mfres_model *m);
 
+/* ---- model files (safetensors; tensor names as in PyTorch's state_dict) ---- */
+#define MFRES_MODEL_FORMAT_VERSION 1
+/* Saves every tensor (parameters, running statistics, tau) and, as metadata,
+ * the architecture, the data set name and its normalisation, so that
+ * mfres_model_load can rebuild the network. Atomic. */
+int mfres_model_save(const mfres_model *m, const char *path, const char *data_name, const float *mean,
+                     const float *std);
+/* Rebuilds the model described by a model file, for `batch` images per step,
+ * and loads its tensors. data_name (cap bytes), mean[3], std[3] may be NULL. */
+int mfres_model_load(mfres_model *m, const char *path, int batch, char *data_name, size_t cap, float *mean,
+                     float *std);
+
 /* Reference path in double precision (ref kernels, NCHW), for tests. Runs the
  * model's architecture with the given parameters (laid out like m->params) and
  * tau (like m->tau; NULL in vanilla mode), sorting the particles by tau itself.

@@ -4,6 +4,7 @@
  * the network: h = tau^l - tau^(l-1) scales each block's branch, and the
  * backward pass returns dE/dh = <g, branch>, from which the tau gradients are
  * assembled. One pass each way, whatever the (shared) layout. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "nn/nn.h"
@@ -23,14 +24,27 @@ void nn_residual_forward(float *out, const float *shortcut, const float *branch,
 
 double nn_residual_backward(float *dshortcut, float *dbranch, const float *dout, const float *out,
                             const float *branch, float h, bool relu, size_t n) {
-    double dh = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : dh)
-    for (size_t i = 0; i < n; i++) {
-        float g = (!relu || out[i] > 0.0f) ? dout[i] : 0.0f;
-        dh += (double)g * branch[i];
-        dbranch[i] = h * g;
-        dshortcut[i] = g;
+    /* dh is summed in fixed chunks, then the chunks in order: the result does
+     * not depend on the thread count or on which thread finishes first. */
+    enum { CHUNK = 16384 };
+    size_t n_chunks = (n + CHUNK - 1) / CHUNK;
+    double partial_stack[256];
+    double *partial = n_chunks <= 256 ? partial_stack : malloc(n_chunks * sizeof(double));
+#pragma omp parallel for schedule(static)
+    for (size_t k = 0; k < n_chunks; k++) {
+        size_t end = (k + 1) * CHUNK < n ? (k + 1) * CHUNK : n;
+        double acc = 0.0;
+        for (size_t i = k * CHUNK; i < end; i++) {
+            float g = (!relu || out[i] > 0.0f) ? dout[i] : 0.0f;
+            acc += (double)g * branch[i];
+            dbranch[i] = h * g;
+            dshortcut[i] = g;
+        }
+        partial[k] = acc;
     }
+    double dh = 0.0;
+    for (size_t k = 0; k < n_chunks; k++) dh += partial[k];
+    if (partial != partial_stack) free(partial);
     return dh;
 }
 

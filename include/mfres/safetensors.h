@@ -1,0 +1,53 @@
+/* The safetensors format (8-byte little-endian header length, a JSON header,
+ * then raw little-endian tensor data), as written by the Hugging Face
+ * safetensors library and read by safetensors.torch.load_file. We write F32
+ * tensors and string metadata; we read F32 (and F64, widened on request). */
+#ifndef MFRES_SAFETENSORS_H
+#define MFRES_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mfres_st_tensor {
+    char name[128];
+    char dtype[8]; /* "F32", "F64", ... */
+    int ndim;
+    int64_t shape[8];
+    size_t numel;
+    const void *data; /* into the loaded file */
+} mfres_st_tensor;
+
+typedef struct mfres_st_meta {
+    char key[64];
+    char value[512];
+} mfres_st_meta;
+
+typedef struct mfres_safetensors {
+    unsigned char *file; /* the whole file */
+    size_t file_len;
+    int n_tensors;
+    mfres_st_tensor *tensors;
+    int n_meta;
+    mfres_st_meta *meta;
+} mfres_safetensors;
+
+/* What to write: name, shape and float32 data. */
+typedef struct mfres_st_write {
+    const char *name;
+    int ndim;
+    const int64_t *shape;
+    const float *data;
+} mfres_st_write;
+
+/* Writes atomically (temporary file + rename). meta: n_meta key/value pairs. */
+int mfres_safetensors_save(const char *path, const mfres_st_write *tensors, int n_tensors, const mfres_st_meta *meta,
+                           int n_meta);
+/* Reads and validates the whole file: header length, JSON syntax, dtypes,
+ * shapes against byte ranges, and ranges against the file size. Errors name
+ * the file and what was expected versus found. */
+int mfres_safetensors_load(mfres_safetensors *st, const char *path);
+const mfres_st_tensor *mfres_safetensors_find(const mfres_safetensors *st, const char *name);
+const char *mfres_safetensors_meta(const mfres_safetensors *st, const char *key);
+void mfres_safetensors_free(mfres_safetensors *st);
+
+#endif
