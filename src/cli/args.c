@@ -86,3 +86,11 @@ int cli_flag(const char *cmd, int argc, char **argv, int *i, const char *flag, c
 }
 
 bool cli_stderr_is_tty(void) { return isatty(STDERR_FILENO) != 0; }
+
+bool cli_data_name_valid(const char *spec) {
+    static const char *names[] = {"fashion-mnist", "mnist", "cifar10", "cifar100", "cifar100-coarse"};
+    size_t len = strcspn(spec, ":");
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strlen(names[i]) == len && !strncmp(names[i], spec, len)) return true;
+    return false;
+}

@@ -34,6 +34,10 @@ int cli_parse_long_list(const char *cmd, const char *flag, const char *value, lo
  * printing a usage error) if the value is missing. */
 int cli_flag(const char *cmd, int argc, char **argv, int *i, const char *flag, const char **value);
 
+/* The data set names `--data NAME[:PATH]` accepts. */
+#define CLI_DATA_NAMES "fashion-mnist, mnist, cifar10, cifar100, cifar100-coarse"
+bool cli_data_name_valid(const char *spec);
+
 /* True when stderr is a terminal (progress bars) */
 bool cli_stderr_is_tty(void);
 

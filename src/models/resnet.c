@@ -277,6 +277,12 @@ static int wrap(act *x, const nn_ctx *ctx, dnnl_memory_desc_t md) { return nn_me
 
 static double conv_flops(int C, int K, int OH, int OW) { return 2.0 * K * C * 9 * OH * OW; }
 
+static void print_layer(FILE *out, const char *name, int c, int h, int w, size_t params, double flops) {
+    char shape[32];
+    snprintf(shape, sizeof shape, "%dx%dx%d", c, h, w);
+    fprintf(out, "  %-18s %-14s %10zu %10.2f\n", name, shape, params, flops / 1e6);
+}
+
 static void init_weights(mfres_model *m, uint64_t seed) {
     mfres_rng rng;
     mfres_rng_seed(&rng, seed);
@@ -704,8 +710,7 @@ void mfres_model_print_summary(const mfres_model *m, FILE *out) {
             c->num_classes, c->batch);
     fprintf(out, "  %-18s %-14s %10s %10s\n", "layer", "output", "params", "MFLOPs");
     int w = c->base_width;
-    fprintf(out, "  %-18s %3dx%-3dx%-6d %10zu %10.2f\n", "conv1", w, c->in_h, c->in_w, m->tensors[0].numel,
-            conv_flops(c->in_c, w, c->in_h, c->in_w) / 1e6);
+    print_layer(out, "conv1", w, c->in_h, c->in_w, m->tensors[0].numel, conv_flops(c->in_c, w, c->in_h, c->in_w));
     for (int p = 0; p < r->n_pos; p++) {
         const block_pos *b = &r->pos[p];
         const block_params *bp = &r->net.blocks[p];
@@ -713,10 +718,8 @@ void mfres_model_print_summary(const mfres_model *m, FILE *out) {
         for (int k = 0; k < 2; k++) {
             const mfres_tensor *t = k ? bp->conv2_w : bp->conv1_w;
             snprintf(name, sizeof name, "layer%d.%d.conv%d", b->stage + 1, b->index, k + 1);
-            fprintf(out, "  %-18s %3dx%-3dx%-6d %10zu %10.2f\n", name, b->shape.c_out, b->shape.h_out, b->shape.w_out,
-                    t->numel + 2 * (size_t)b->shape.c_out,
-                    conv_flops(k ? b->shape.c_out : b->shape.c_in, b->shape.c_out, b->shape.h_out, b->shape.w_out) /
-                        1e6);
+            print_layer(out, name, b->shape.c_out, b->shape.h_out, b->shape.w_out, t->numel + 2 * (size_t)b->shape.c_out,
+                        conv_flops(k ? b->shape.c_out : b->shape.c_in, b->shape.c_out, b->shape.h_out, b->shape.w_out));
         }
     }
     fprintf(out, "  %-18s %-14d %10zu %10.3f\n", "fc", c->num_classes, (size_t)(4 * w + 1) * c->num_classes,

@@ -1,0 +1,55 @@
+/* The training loop: data, model, optimiser, schedule, evaluation every
+ * epoch, and the run directory (config.json, metrics.jsonl, model.safetensors). */
+#ifndef MFRES_TRAIN_H
+#define MFRES_TRAIN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mfres/data.h"
+#include "mfres/model.h"
+
+enum { MFRES_MAX_MILESTONES = 16 };
+
+typedef struct mfres_train_config {
+    char data[4200];           /* "NAME[:PATH]" */
+    mfres_model_config model;  /* input shape and classes come from the data */
+    int epochs;
+    double lr, momentum, weight_decay, tau_lr_mult, gamma;
+    bool nesterov;
+    long milestones[MFRES_MAX_MILESTONES];
+    int n_milestones;
+    uint64_t seed;
+    int threads;               /* 0: all cores */
+    char out_dir[4096];
+    bool augment;              /* pad 4 + random crop (+ flip) */
+    int flip;                  /* -1: the data set's default (CIFAR on, MNIST off) */
+    int train_limit, test_limit; /* use only the first K images (0: all) */
+    int progress;              /* -1: bar on a terminal, lines otherwise; 0: lines; 1: bar */
+    bool quiet;                /* no model summary, no progress */
+    long inject_nan_step;      /* testing aid: poison the loss at this global step (0: never) */
+} mfres_train_config;
+
+typedef struct mfres_train_result {
+    int epochs_done;
+    long steps;
+    double train_loss, train_acc, test_loss, test_acc;
+    double train_seconds, total_seconds, images_per_s;
+} mfres_train_result;
+
+/* The default job: ResNet-20, mean-field (unit tau), Fashion-MNIST, 1 epoch,
+ * lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, seed 0. */
+void mfres_train_config_default(mfres_train_config *cfg);
+/* Writes cfg as JSON (the resolved configuration). */
+void mfres_train_config_write_json(const mfres_train_config *cfg, FILE *fp);
+int mfres_train(const mfres_train_config *cfg, mfres_train_result *res);
+
+/* Evaluates on every image of ds (running statistics; the last batch padded). */
+int mfres_evaluate(mfres_model *m, const mfres_dataset *ds, const float *mean, const float *std, double *loss,
+                   double *acc);
+
+/* Sets the thread count for oneDNN (OpenMP) and OpenBLAS; 0 means all cores.
+ * Returns the count in force. */
+int mfres_set_threads(int threads);
+
+#endif

@@ -1,0 +1,141 @@
+/* mfres train: train a ResNet, vanilla or mean-field, and write a run directory. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/model_flags.h"
+#include "mfres/core.h"
+#include "mfres/train.h"
+
+static void print_help(void) {
+    printf("usage: mfres train [flags]\n"
+           "\n"
+           "Trains a CIFAR-style ResNet and writes DIR/config.json, DIR/metrics.jsonl and\n"
+           "DIR/model.safetensors. With no flags: ResNet-20, mean-field, Fashion-MNIST, 1 epoch.\n"
+           "\n"
+           "data:\n"
+           "  --data NAME[:PATH]    fashion-mnist[:DIR] (default /usr/share/datasets/fashion-mnist),\n"
+           "                        mnist:DIR, cifar10[:DIR], cifar100:DIR, cifar100-coarse:DIR [fashion-mnist]\n"
+           "  --no-augment          no pad-4 random crop / flip\n"
+           "  --flip | --no-flip    random horizontal flip [on for CIFAR, off for MNIST]\n"
+           "  --train-limit K       train on the first K images only\n"
+           "  --test-limit K        evaluate on the first K test images only\n"
+           "model:\n%s"
+           "optimisation:\n"
+           "  --epochs N            [1]\n"
+           "  --lr X                learning rate [0.1]\n"
+           "  --momentum X          [0.9]\n"
+           "  --wd X                weight decay (never on tau) [1e-4]\n"
+           "  --nesterov            Nesterov momentum\n"
+           "  --milestones A,B,...  epochs at which the rate is multiplied by gamma []\n"
+           "  --gamma X             [0.1]\n"
+           "  --tau-lr-mult X       tau's learning rate = lr * X [1]\n"
+           "run:\n"
+           "  --seed N              [0]\n"
+           "  --threads N           [all cores]\n"
+           "  --out DIR             run directory [runs/<data>-resnet<depth>-<mode>]\n"
+           "  --progress bar|lines  [bar on a terminal, lines otherwise]\n"
+           "  --quiet               only the final summary line\n"
+           "\n"
+           "The paper's CIFAR-10 recipe: --data cifar10 --epochs 160 --milestones 80,120 --wd 1e-4\n",
+           cli_model_flags_help);
+}
+
+int cmd_train(int argc, char **argv) {
+    const char *cmd = "train";
+    mfres_train_config cfg;
+    mfres_train_config_default(&cfg);
+    bool out_given = false;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        long x;
+        double d;
+        int r = cli_model_flag(cmd, argc, argv, &i, &cfg.model);
+        if (r == 2) return 2;
+        if (r == 1) continue;
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            print_help();
+            return 0;
+        }
+        if ((r = cli_flag(cmd, argc, argv, &i, "--data", &v))) {
+            if (r < 0) return 2;
+            if (!cli_data_name_valid(v))
+                return cli_usage_error(cmd, "--data expects NAME[:PATH] with NAME one of %s, got '%s'",
+                                       CLI_DATA_NAMES, v);
+            snprintf(cfg.data, sizeof cfg.data, "%s", v);
+        } else if (!strcmp(argv[i], "--no-augment")) {
+            cfg.augment = false;
+        } else if (!strcmp(argv[i], "--flip")) {
+            cfg.flip = 1;
+        } else if (!strcmp(argv[i], "--no-flip")) {
+            cfg.flip = 0;
+        } else if (!strcmp(argv[i], "--nesterov")) {
+            cfg.nesterov = true;
+        } else if (!strcmp(argv[i], "--quiet")) {
+            cfg.quiet = true;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--train-limit", &v))) {
+            if (r < 0 || cli_parse_long(cmd, "--train-limit", v, 1, 1L << 30, &x)) return 2;
+            cfg.train_limit = (int)x;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--test-limit", &v))) {
+            if (r < 0 || cli_parse_long(cmd, "--test-limit", v, 1, 1L << 30, &x)) return 2;
+            cfg.test_limit = (int)x;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--epochs", &v))) {
+            if (r < 0 || cli_parse_long(cmd, "--epochs", v, 1, 100000, &x)) return 2;
+            cfg.epochs = (int)x;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--lr", &v))) {
+            if (r < 0 || cli_parse_double(cmd, "--lr", v, 0, 100, &d)) return 2;
+            cfg.lr = d;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--momentum", &v))) {
+            if (r < 0 || cli_parse_double(cmd, "--momentum", v, 0, 0.999999, &d)) return 2;
+            cfg.momentum = d;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--wd", &v)) ||
+                   (r = cli_flag(cmd, argc, argv, &i, "--weight-decay", &v))) {
+            if (r < 0 || cli_parse_double(cmd, "--wd", v, 0, 1, &d)) return 2;
+            cfg.weight_decay = d;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--milestones", &v))) {
+            if (r < 0 || cli_parse_long_list(cmd, "--milestones", v, cfg.milestones, MFRES_MAX_MILESTONES,
+                                             &cfg.n_milestones))
+                return 2;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--gamma", &v))) {
+            if (r < 0 || cli_parse_double(cmd, "--gamma", v, 0, 1, &d)) return 2;
+            cfg.gamma = d;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--tau-lr-mult", &v))) {
+            if (r < 0 || cli_parse_double(cmd, "--tau-lr-mult", v, 0, 1e6, &d)) return 2;
+            cfg.tau_lr_mult = d;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--inject-nan-step", &v))) {
+            /* Testing aid (not in --help): makes the loss NaN at this global step. */
+            if (r < 0 || cli_parse_long(cmd, "--inject-nan-step", v, 1, 1L << 40, &x)) return 2;
+            cfg.inject_nan_step = x;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--seed", &v))) {
+            if (r < 0 || cli_parse_long(cmd, "--seed", v, 0, 0x7fffffffffffffffL, &x)) return 2;
+            cfg.seed = (uint64_t)x;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--threads", &v))) {
+            if (r < 0 || cli_parse_long(cmd, "--threads", v, 1, 1024, &x)) return 2;
+            cfg.threads = (int)x;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--out", &v))) {
+            if (r < 0) return 2;
+            snprintf(cfg.out_dir, sizeof cfg.out_dir, "%s", v);
+            out_given = true;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--progress", &v))) {
+            if (r < 0) return 2;
+            if (!strcmp(v, "bar")) cfg.progress = 1;
+            else if (!strcmp(v, "lines")) cfg.progress = 0;
+            else return cli_usage_error(cmd, "--progress expects bar or lines, got '%s'", v);
+        } else {
+            return cli_usage_error(cmd, "unknown flag '%s'", argv[i]);
+        }
+    }
+    if (!out_given) {
+        int name_len = (int)strcspn(cfg.data, ":");
+        snprintf(cfg.out_dir, sizeof cfg.out_dir, "runs/%.*s-resnet%d-%s", name_len, cfg.data, cfg.model.depth,
+                 mfres_mode_name(cfg.model.mode));
+    }
+    mfres_train_result res;
+    int rc = mfres_train(&cfg, &res);
+    if (rc) return cli_runtime_error(cmd);
+    printf("resnet%d %s %s: test_acc=%.4f test_loss=%.4f train_loss=%.4f epochs=%d time_s=%.1f images_per_s=%.1f "
+           "out=%s\n",
+           cfg.model.depth, mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), res.test_acc,
+           res.test_loss, res.train_loss, res.epochs_done, res.total_seconds, res.images_per_s, cfg.out_dir);
+    return 0;
+}

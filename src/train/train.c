@@ -1,0 +1,274 @@
+/* The training loop.
+ *
+ * Per step: the loader's background thread has the batch ready; forward,
+ * backward, one optimiser step (theta, and in mean-field mode tau with its
+ * clamp and the re-sort of the blocks). Per epoch: evaluation on the test
+ * split, one line appended to metrics.jsonl and the model file rewritten --
+ * both atomically, so a crash or a NaN never leaves a half-written file and
+ * the last good model stays in place. */
+#include "mfres/train.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mfres/core.h"
+#include "mfres/meanfield.h"
+#include "mfres/optim.h"
+#include "mfres/progress.h"
+
+void openblas_set_num_threads(int num_threads);
+
+void mfres_train_config_default(mfres_train_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    snprintf(cfg->data, sizeof cfg->data, "fashion-mnist");
+    mfres_model_config_default(&cfg->model);
+    cfg->epochs = 1;
+    cfg->lr = 0.1;
+    cfg->momentum = 0.9;
+    cfg->weight_decay = 1e-4;
+    cfg->tau_lr_mult = 1.0;
+    cfg->gamma = 0.1;
+    cfg->seed = 0;
+    cfg->threads = 0;
+    cfg->augment = true;
+    cfg->flip = -1;
+    cfg->progress = -1;
+}
+
+int mfres_set_threads(int threads) {
+    if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads <= 0) threads = 1;
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+    return threads;
+}
+
+void mfres_train_config_write_json(const mfres_train_config *c, FILE *fp) {
+    const mfres_model_config *m = &c->model;
+    fprintf(fp, "{\n  \"data\": \"%s\",\n", c->data);
+    fprintf(fp, "  \"model\": \"resnet%d\",\n  \"depth\": %d,\n  \"block\": \"%s\",\n  \"mode\": \"%s\",\n", m->depth,
+            m->depth, mfres_block_name(m->block), mfres_mode_name(m->mode));
+    fprintf(fp, "  \"tau_init\": \"%s\",\n  \"tau_lr_mult\": %.9g,\n", mfres_tau_init_name(m->tau_init), c->tau_lr_mult);
+    fprintf(fp, "  \"input\": [%d, %d, %d],\n  \"num_classes\": %d,\n  \"base_width\": %d,\n", m->in_c, m->in_h,
+            m->in_w, m->num_classes, m->base_width);
+    fprintf(fp, "  \"batch\": %d,\n  \"epochs\": %d,\n  \"lr\": %.9g,\n  \"momentum\": %.9g,\n", m->batch, c->epochs, c->lr,
+            c->momentum);
+    fprintf(fp, "  \"weight_decay\": %.9g,\n  \"nesterov\": %s,\n  \"milestones\": [", c->weight_decay,
+            c->nesterov ? "true" : "false");
+    for (int i = 0; i < c->n_milestones; i++) fprintf(fp, "%s%ld", i ? ", " : "", c->milestones[i]);
+    fprintf(fp, "],\n  \"gamma\": %.9g,\n  \"seed\": %llu,\n  \"threads\": %d,\n", c->gamma,
+            (unsigned long long)c->seed, c->threads);
+    fprintf(fp, "  \"augment\": %s,\n  \"flip\": %s,\n  \"train_limit\": %d,\n  \"test_limit\": %d,\n",
+            c->augment ? "true" : "false", c->flip ? "true" : "false", c->train_limit, c->test_limit);
+    fprintf(fp, "  \"bn_momentum\": %.9g,\n  \"bn_eps\": %.9g\n}\n", m->bn_momentum, m->bn_eps);
+}
+
+int mfres_evaluate(mfres_model *m, const mfres_dataset *ds, const float *mean, const float *std, double *loss,
+                   double *acc) {
+    mfres_loader_config lc = {.batch = m->cfg.batch, .mean = mean, .std = std};
+    mfres_loader *loader;
+    int rc = mfres_loader_create(&loader, ds, &lc);
+    if (rc) return rc;
+    rc = mfres_loader_start_epoch(loader, 0);
+    double loss_sum = 0;
+    long correct = 0, seen = 0;
+    const float *images;
+    const int32_t *labels;
+    int count;
+    while (!rc && (rc = mfres_loader_next(loader, &images, &labels, &count)) == 1) {
+        double batch_loss;
+        int hits;
+        rc = mfres_model_forward(m, images, labels, false, &batch_loss, &hits);
+        loss_sum += batch_loss * count;
+        correct += hits;
+        seen += count;
+    }
+    mfres_loader_free(loader);
+    if (rc < 0) return rc;
+    *loss = seen ? loss_sum / seen : 0;
+    *acc = seen ? (double)correct / seen : 0;
+    return MFRES_OK;
+}
+
+/* A shallow view of the first `limit` images (0: all). */
+static mfres_dataset subset(const mfres_dataset *ds, int limit) {
+    mfres_dataset v = *ds;
+    if (limit > 0 && limit < v.n) v.n = limit;
+    return v;
+}
+
+/* metrics.jsonl is kept in memory and rewritten whole each epoch: atomic. */
+typedef struct text {
+    char *buf;
+    size_t len, cap;
+} text;
+
+static void text_printf(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void text_printf(text *t, const char *fmt, ...) {
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int n = vsnprintf(t->buf ? t->buf + t->len : NULL, t->buf ? t->cap - t->len : 0, fmt, ap);
+        va_end(ap);
+        if (t->buf && t->len + (size_t)n < t->cap) {
+            t->len += (size_t)n;
+            return;
+        }
+        t->cap = (t->cap + (size_t)n + 1) * 2;
+        t->buf = realloc(t->buf, t->cap);
+    }
+}
+
+static void append_tau(text *t, const mfres_model *m) {
+    int P = m->particles;
+    text_printf(t, ", \"tau\": [");
+    for (int s = 0; s < 3; s++) {
+        text_printf(t, "%s[", s ? ", " : "");
+        for (int i = 0; i < P; i++) text_printf(t, "%s%.6g", i ? ", " : "", m->tau[s * P + i]);
+        text_printf(t, "]");
+    }
+    text_printf(t, "], \"order\": [");
+    for (int s = 0; s < 3; s++) {
+        text_printf(t, "%s[", s ? ", " : "");
+        for (int i = 0; i < P; i++) text_printf(t, "%s%d", i ? ", " : "", 1 + m->order[s * P + i]);
+        text_printf(t, "]");
+    }
+    text_printf(t, "]");
+}
+
+static int write_config(const mfres_train_config *cfg, const char *dir) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    mfres_atomic_file af;
+    int rc = mfres_atomic_open(&af, path);
+    if (rc) return rc;
+    mfres_train_config_write_json(cfg, af.fp);
+    return mfres_atomic_commit(&af);
+}
+
+int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
+    mfres_train_config cfg = *cfg_in;
+    memset(res, 0, sizeof *res);
+    double t_start = mfres_now();
+    cfg.threads = mfres_set_threads(cfg.threads);
+    bool show = !cfg.quiet;
+    bool tty = cfg.progress == 1 || (cfg.progress == -1 && isatty(STDERR_FILENO));
+
+    mfres_data data;
+    int rc = mfres_data_open(&data, cfg.data);
+    if (rc) return rc;
+    mfres_dataset train_set = subset(&data.train, cfg.train_limit), test_set = subset(&data.test, cfg.test_limit);
+    cfg.model.in_c = data.train.c, cfg.model.in_h = data.train.h, cfg.model.in_w = data.train.w;
+    cfg.model.num_classes = data.train.num_classes;
+    if (cfg.flip < 0) cfg.flip = data.flip_default;
+    if (show)
+        mfres_log("data: %s from %s: %d training and %d test images of %dx%dx%d, %d classes", data.name, data.path,
+                  train_set.n, test_set.n, data.train.c, data.train.h, data.train.w, data.train.num_classes);
+    if (train_set.n < cfg.model.batch) {
+        mfres_data_free(&data);
+        return mfres_fail(MFRES_EINVAL, "the training set has %d images, fewer than one batch of %d", train_set.n,
+                          cfg.model.batch);
+    }
+
+    mfres_model m;
+    mfres_optimizer opt = {0};
+    mfres_loader *loader = NULL;
+    text metrics = {0};
+    char path[4200];
+    if ((rc = mfres_model_create(&m, &cfg.model, cfg.seed))) {
+        mfres_data_free(&data);
+        return rc;
+    }
+    if (show) mfres_model_print_summary(&m, stderr);
+    if ((rc = mfres_optimizer_init(&opt, &m, (float)cfg.lr, (float)cfg.momentum, (float)cfg.weight_decay, cfg.nesterov,
+                                   (float)cfg.tau_lr_mult)))
+        goto done;
+    mfres_loader_config lc = {.batch = cfg.model.batch, .shuffle = true, .augment = cfg.augment, .pad = 4,
+                              .flip = cfg.flip && cfg.augment, .drop_last = true, .seed = cfg.seed,
+                              .mean = data.mean, .std = data.std};
+    if ((rc = mfres_loader_create(&loader, &train_set, &lc))) goto done;
+    if ((rc = mfres_mkdir_p(cfg.out_dir)) || (rc = write_config(&cfg, cfg.out_dir))) goto done;
+    if (show) mfres_log("run directory: %s (threads %d, seed %llu)", cfg.out_dir, cfg.threads,
+                        (unsigned long long)cfg.seed);
+
+    int batches = mfres_loader_batches_per_epoch(loader);
+    for (int epoch = 0; epoch < cfg.epochs; epoch++) {
+        opt.lr = (float)mfres_lr_at_epoch(cfg.lr, cfg.milestones, cfg.n_milestones, cfg.gamma, epoch);
+        if ((rc = mfres_loader_start_epoch(loader, epoch))) goto done;
+        char label[64];
+        snprintf(label, sizeof label, "epoch %d/%d", epoch + 1, cfg.epochs);
+        mfres_progress bar;
+        if (show) mfres_progress_start(&bar, stderr, tty, label, batches);
+        double loss_sum = 0, t0 = mfres_now();
+        long correct = 0, seen = 0;
+        int reorders = 0, step = 0;
+        const float *images;
+        const int32_t *labels;
+        int count;
+        while ((rc = mfres_loader_next(loader, &images, &labels, &count)) == 1) {
+            double loss;
+            int hits;
+            rc = mfres_model_forward(&m, images, labels, true, &loss, &hits);
+            if (cfg.inject_nan_step && res->steps + 1 == cfg.inject_nan_step) loss = NAN;
+            if (rc == MFRES_ENUMERIC || !isfinite(loss)) {
+                rc = mfres_fail(MFRES_ENUMERIC,
+                                "the training loss became %g at epoch %d, step %d (global step %ld); stopping. "
+                                "The last good model is still in %s/model.safetensors. HINT: lower --lr",
+                                loss, epoch + 1, step + 1, res->steps + 1, cfg.out_dir);
+                goto done;
+            }
+            if (rc || (rc = mfres_model_backward(&m))) goto done;
+            mfres_optimizer_step(&opt, &m);
+            if (m.n_tau) reorders += mfres_model_last_reorders(&m);
+            loss_sum += loss * count, correct += hits, seen += count;
+            step++, res->steps++;
+            if (show) {
+                char stats[128];
+                snprintf(stats, sizeof stats, "loss %.4f acc %.2f%% %.0f img/s", loss_sum / seen,
+                         100.0 * correct / seen, seen / (mfres_now() - t0));
+                mfres_progress_update(&bar, step, stats);
+            }
+        }
+        if (rc < 0) goto done;
+        double train_time = mfres_now() - t0;
+        res->train_seconds += train_time;
+        res->train_loss = loss_sum / seen, res->train_acc = (double)correct / seen;
+        res->images_per_s = seen / train_time;
+        if ((rc = mfres_evaluate(&m, &test_set, data.mean, data.std, &res->test_loss, &res->test_acc))) goto done;
+        res->epochs_done = epoch + 1;
+        if (show) {
+            char stats[160];
+            snprintf(stats, sizeof stats, "train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.0f img/s",
+                     res->train_loss, 100 * res->train_acc, res->test_loss, 100 * res->test_acc, res->images_per_s);
+            mfres_progress_finish(&bar, stats);
+        }
+        text_printf(&metrics,
+                    "{\"epoch\": %d, \"lr\": %.9g, \"train_loss\": %.6f, \"train_acc\": %.6f, \"test_loss\": %.6f, "
+                    "\"test_acc\": %.6f, \"images_per_s\": %.1f, \"epoch_seconds\": %.2f",
+                    epoch + 1, opt.lr, res->train_loss, res->train_acc, res->test_loss, res->test_acc,
+                    res->images_per_s, train_time);
+        if (m.n_tau) {
+            append_tau(&metrics, &m);
+            text_printf(&metrics, ", \"reorders\": %d", reorders);
+        }
+        text_printf(&metrics, "}\n");
+        snprintf(path, sizeof path, "%s/metrics.jsonl", cfg.out_dir);
+        if ((rc = mfres_write_file_atomic(path, metrics.buf, metrics.len))) goto done;
+        snprintf(path, sizeof path, "%s/model.safetensors", cfg.out_dir);
+        if ((rc = mfres_model_save(&m, path, data.name, data.mean, data.std))) goto done;
+    }
+    res->total_seconds = mfres_now() - t_start;
+    rc = MFRES_OK;
+done:
+    free(metrics.buf);
+    mfres_loader_free(loader);
+    mfres_optimizer_free(&opt);
+    mfres_model_free(&m);
+    mfres_data_free(&data);
+    return rc;
+}
