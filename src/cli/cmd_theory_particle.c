@@ -15,10 +15,10 @@ enum { NEXP = 6 };
 static const char *const exp_help[NEXP] = {
     "zero-loss (P2/P2', P1 Theorem 3): final training loss over a grid of depth L and width M after a fixed\n"
     "  training time, several seeds; prints the smallest (L, M) whose seeds all reach --target.\n"
-    "  Defaults: --L 1,2,4,8,16,32 --M 1,4,16,64,256 --time 50 --seeds 3 --target 1e-3 (about 30 s on 2 cores).\n",
+    "  Defaults: --L 1,2,4,8,16,32 --M 1,4,16,64,256 --data random --time 200 --seeds 3 --target 1e-3 (~10 s).\n",
     "mean-field-limit (P2): loss trajectories over seeds as L and M grow; their spread, their distance to the\n"
     "  largest run (the last --L and --M), and a fitted dist ~ a/L + b/sqrt(L*M).\n"
-    "  Defaults: --L 2,4,8,16 --M 4,16,64,256 --time 10 --seeds 4.\n",
+    "  Defaults: --L 2,4,8,16,32,64 --M 4,16,64,256 --time 20 --seeds 4.\n",
     "adjoint (P1 section 3.1): backprop through the discrete scheme vs the continuous adjoint vs finite differences\n"
     "  as the sub-step count s grows (Euler order 1, RK4 order 4), against an RK4 adjoint with 512 sub-steps;\n"
     "  then Lemma 1: ||p(.,t)||_mu / E(rho) over t at checkpoints along training (RK4, 8 sub-steps).\n"
@@ -27,7 +27,8 @@ static const char *const exp_help[NEXP] = {
     "  expansion X0 + sum_l h_l F_l(X0), relative difference vs L at init scales 0.25, 0.5, 1, 2.\n"
     "  Defaults: --L 1,2,4,8,16,32,64 --M 16 --seeds 3.\n",
     "sorted-tau (P1 Algorithm 1): trainable, sorted tau vs fixed uniform tau at equal budgets (same particles,\n"
-    "  steps and lr); how often the block order changes. Defaults: --L 16 --M 16 --time 50 --seeds 4.\n",
+    "  steps and lr); how often the block order changes.\n"
+    "  Defaults: --L 16 --M 16 --time 50 --seeds 8 --tau-lr-mult 0.01 (tau clamped to [0, 1]).\n",
     "bench: training steps per second (full batch, Euler = the ResNet, backprop) at --L 16 --M 64 --d 16 --n 256;\n"
     "  prints steps_per_s=... (bench/theory_particle.sh compares it with PyTorch). Defaults: --steps 200.\n",
 };
@@ -50,7 +51,7 @@ static void usage(FILE *f, int which) {
             "  --d N, --d-in N    feature and input sizes (default 4, 4; W2 is the identity when equal)\n"
             "  --k N              outputs (fixed unit-norm read-out rows; default 1)\n"
             "  --data SRC         teacher (two-layer) | teacher-resnet | random | FILE.npy | FILE.csv\n"
-            "                     (a file's last --k columns are the labels; default teacher)\n"
+            "                     (a file's last --k columns are the labels; default teacher, zero-loss: random)\n"
             "  --n N              synthetic samples (default 32)\n"
             "  --lr X             training-time step on the mean-field time scale (default 0.5)\n"
             "  --time T           training time; steps = T / lr\n"
@@ -58,7 +59,7 @@ static void usage(FILE *f, int which) {
             "  --method M         euler | rk4 (default euler: the ResNet)\n"
             "  --substeps S       integrator sub-steps per block (default 1)\n"
             "  --target EPS       zero-loss threshold (default 1e-3)\n"
-            "  --tau-lr-mult X    sorted-tau: tau's lr multiplier (default 1)\n"
+            "  --tau-lr-mult X    sorted-tau: tau moves by lr * X * L * dE/dtau (default 0.01)\n"
             "  --steps N          bench: timed steps (default 200)\n");
 }
 
@@ -93,20 +94,20 @@ int cmd_theory_particle(int argc, char **argv) {
     mfres_pexp_config c;
     mfres_pexp_config_default(&c);
     static const long zlL[] = {1, 2, 4, 8, 16, 32}, zlM[] = {1, 4, 16, 64, 256};
-    static const long mfL[] = {2, 4, 8, 16}, mfM[] = {4, 16, 64, 256};
+    static const long mfL[] = {2, 4, 8, 16, 32, 64}, mfM[] = {4, 16, 64, 256};
     static const long enL[] = {1, 2, 4, 8, 16, 32, 64};
     switch (which) {
     case 0:
         memcpy(c.Ls, zlL, sizeof zlL), c.nL = 6, memcpy(c.Ms, zlM, sizeof zlM), c.nM = 5;
-        c.time = 50;
+        c.time = 200, c.data_kind = MFRES_PDATA_RANDOM;
         break;
     case 1:
-        memcpy(c.Ls, mfL, sizeof mfL), c.nL = 4, memcpy(c.Ms, mfM, sizeof mfM), c.nM = 4;
-        c.time = 10, c.seeds = 4;
+        memcpy(c.Ls, mfL, sizeof mfL), c.nL = 6, memcpy(c.Ms, mfM, sizeof mfM), c.nM = 4;
+        c.time = 20, c.seeds = 4;
         break;
     case 2: c.Ls[0] = 4, c.nL = 1, c.Ms[0] = 16, c.nM = 1, c.time = 50; break;
     case 3: memcpy(c.Ls, enL, sizeof enL), c.nL = 7, c.Ms[0] = 16, c.nM = 1; break;
-    case 4: c.Ls[0] = 16, c.nL = 1, c.Ms[0] = 16, c.nM = 1, c.time = 50, c.seeds = 4; break;
+    case 4: c.Ls[0] = 16, c.nL = 1, c.Ms[0] = 16, c.nM = 1, c.time = 50, c.seeds = 8, c.tau_lr_mult = 0.01; break;
     case 5:
         c.Ls[0] = 16, c.nL = 1, c.Ms[0] = 64, c.nM = 1;
         c.net.d = c.net.d_in = 16, c.n = 256, c.seeds = 1;
