@@ -266,6 +266,26 @@ START_TEST(same_inputs_same_bits) {
 }
 END_TEST
 
+/* With BN momentum 1 the running statistics become the batch's own (up to the
+ * unbiased-variance factor), so inference on that batch must reproduce the
+ * training-mode loss: checks the inference path and the running-stat update. */
+static void check_inference_matches_training(mfres_block_type block) {
+    fixture f;
+    make_fixture(&f, 14, block, MFRES_MODE_MEANFIELD, MFRES_TAU_GRID, 32, 3, 16, 9);
+    mfres_model *m = &f.m;
+    m->cfg.bn_momentum = 1.0f;
+    double train_loss, eval_loss;
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, true, &train_loss, NULL));
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, false, &eval_loss, NULL));
+    ck_assert_msg(fabs(train_loss - eval_loss) <= 2e-3 * train_loss, "train-mode loss %.6f, inference loss %.6f",
+                  train_loss, eval_loss);
+    free_fixture(&f);
+}
+START_TEST(inference_matches_training_with_batch_statistics_postact) { check_inference_matches_training(MFRES_BLOCK_POSTACT); }
+END_TEST
+START_TEST(inference_matches_training_with_batch_statistics_preact) { check_inference_matches_training(MFRES_BLOCK_PREACT); }
+END_TEST
+
 START_TEST(bad_configurations_are_refused) {
     mfres_model_config cfg;
     mfres_model_config_default(&cfg);
@@ -294,6 +314,8 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, unit_tau_equals_vanilla_preact);
     tcase_add_test(tc, order_change_routes_parameters_and_gradient_stays_exact);
     tcase_add_test(tc, same_inputs_same_bits);
+    tcase_add_test(tc, inference_matches_training_with_batch_statistics_postact);
+    tcase_add_test(tc, inference_matches_training_with_batch_statistics_preact);
     tcase_add_test(tc, bad_configurations_are_refused);
     suite_add_tcase(s, tc);
     return s;

@@ -14,6 +14,9 @@ void mfres_sgd_update(float *params, float *velocity, const float *grads, size_t
 /* base_lr * gamma^(number of milestones <= epoch); epochs count from 0. */
 double mfres_lr_at_epoch(double base_lr, const long *milestones, int n_milestones, double gamma, int epoch);
 
+/* Cosine decay: base_lr * (1 + cos(pi * step / total_steps)) / 2, step from 0. */
+double mfres_lr_cosine(double base_lr, long step, long total_steps);
+
 #include "mfres/model.h"
 
 /* The optimiser state for one model: momentum buffers for theta and for tau. */
@@ -32,6 +35,5 @@ int mfres_optimizer_init(mfres_optimizer *o, const mfres_model *m, float lr, flo
  * clamped to [0, T_end] after the momentum step, then the blocks re-sorted. */
 void mfres_optimizer_step(mfres_optimizer *o, mfres_model *m);
 void mfres_optimizer_free(mfres_optimizer *o);
-
 
 #endif

@@ -17,6 +17,7 @@ typedef struct mfres_train_config {
     int epochs;
     double lr, momentum, weight_decay, tau_lr_mult, gamma;
     bool nesterov;
+    bool cosine;               /* per-step cosine decay to 0 over the run (the default); else multi-step */
     long milestones[MFRES_MAX_MILESTONES];
     int n_milestones;
     uint64_t seed;
@@ -38,7 +39,8 @@ typedef struct mfres_train_result {
 } mfres_train_result;
 
 /* The default job: ResNet-20, mean-field (unit tau), Fashion-MNIST, 1 epoch,
- * lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, seed 0. */
+ * lr 0.1 with a per-step cosine decay, momentum 0.9, weight decay 1e-4,
+ * batch 128, seed 0. */
 void mfres_train_config_default(mfres_train_config *cfg);
 /* Writes cfg as JSON (the resolved configuration). */
 void mfres_train_config_write_json(const mfres_train_config *cfg, FILE *fp);

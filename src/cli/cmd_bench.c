@@ -1,4 +1,5 @@
 /* mfres bench: training and inference images/s on synthetic data. */
+#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,8 +23,30 @@ static void print_help(void) {
            "  --iters N             timed steps per measurement [10]\n"
            "  --warmup N            untimed steps first [2]\n"
            "  --threads N           [all cores]\n"
+           "  --gemm                instead: the machine's cblas_sgemm peak (N = 1024, 2048)\n"
            "%s",
            cli_model_flags_help);
+}
+
+/* The dense-GEMM rate this machine sustains: the yardstick for "fraction of peak". */
+static int bench_gemm(void) {
+    double best = 0;
+    for (int n = 1024; n <= 2048; n *= 2) {
+        size_t sz = (size_t)n * n;
+        float *a = malloc(sz * sizeof(float)), *b = malloc(sz * sizeof(float)), *c = malloc(sz * sizeof(float));
+        for (size_t i = 0; i < sz; i++) a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        int reps = n == 1024 ? 8 : 2;
+        double t0 = mfres_now();
+        for (int r = 0; r < reps; r++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        double gflops = 2.0 * n * n * (double)n * reps / (mfres_now() - t0) / 1e9;
+        printf("  sgemm N=%d: %.1f GFLOP/s\n", n, gflops);
+        if (gflops > best) best = gflops;
+        free(a), free(b), free(c);
+    }
+    printf("sgemm_gflops=%.1f\n", best);
+    return 0;
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -32,6 +55,7 @@ int cmd_bench(int argc, char **argv) {
     mfres_model_config_default(&cfg);
     cfg.in_c = 3, cfg.in_h = 32, cfg.in_w = 32;
     long iters = 10, warmup = 2, threads = 0, classes = 10;
+    bool gemm = false;
     for (int i = 1; i < argc; i++) {
         const char *v;
         int r = cli_model_flag(cmd, argc, argv, &i, &cfg);
@@ -41,7 +65,9 @@ int cmd_bench(int argc, char **argv) {
             print_help();
             return 0;
         }
-        if ((r = cli_flag(cmd, argc, argv, &i, "--input", &v))) {
+        if (!strcmp(argv[i], "--gemm")) {
+            gemm = true;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--input", &v))) {
             char tail;
             if (r < 0) return 2;
             if (sscanf(v, "%dx%dx%d%c", &cfg.in_c, &cfg.in_h, &cfg.in_w, &tail) != 3 || cfg.in_c < 1 || cfg.in_h < 4 ||
@@ -61,6 +87,7 @@ int cmd_bench(int argc, char **argv) {
     }
     cfg.num_classes = (int)classes;
     int nthreads = mfres_set_threads((int)threads);
+    if (gemm) return bench_gemm();
     mfres_model m;
     if (mfres_model_create(&m, &cfg, 1)) return cli_runtime_error(cmd);
     size_t n_in = (size_t)cfg.batch * cfg.in_c * cfg.in_h * cfg.in_w;

@@ -27,7 +27,9 @@ static void print_help(void) {
            "  --momentum X          [0.9]\n"
            "  --wd X                weight decay (never on tau) [1e-4]\n"
            "  --nesterov            Nesterov momentum\n"
-           "  --milestones A,B,...  epochs at which the rate is multiplied by gamma []\n"
+           "  --schedule cosine|multistep  per-step cosine decay to 0, or multi-step [cosine;\n"
+           "                        multistep when --milestones is given]\n"
+           "  --milestones A,B,...  multistep: epochs at which the rate is multiplied by gamma []\n"
            "  --gamma X             [0.1]\n"
            "  --tau-lr-mult X       tau's learning rate = lr * X [1]\n"
            "run:\n"
@@ -45,7 +47,7 @@ int cmd_train(int argc, char **argv) {
     const char *cmd = "train";
     mfres_train_config cfg;
     mfres_train_config_default(&cfg);
-    bool out_given = false;
+    bool out_given = false, schedule_given = false;
     for (int i = 1; i < argc; i++) {
         const char *v;
         long x;
@@ -96,6 +98,13 @@ int cmd_train(int argc, char **argv) {
             if (r < 0 || cli_parse_long_list(cmd, "--milestones", v, cfg.milestones, MFRES_MAX_MILESTONES,
                                              &cfg.n_milestones))
                 return 2;
+            if (!schedule_given) cfg.cosine = false;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--schedule", &v))) {
+            if (r < 0) return 2;
+            if (!strcmp(v, "cosine")) cfg.cosine = true;
+            else if (!strcmp(v, "multistep")) cfg.cosine = false;
+            else return cli_usage_error(cmd, "--schedule expects cosine or multistep, got '%s'", v);
+            schedule_given = true;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--gamma", &v))) {
             if (r < 0 || cli_parse_double(cmd, "--gamma", v, 0, 1, &d)) return 2;
             cfg.gamma = d;

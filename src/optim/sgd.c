@@ -1,6 +1,7 @@
 /* SGD with momentum and the multi-step schedule. */
 #include "mfres/optim.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "mfres/core.h"
@@ -22,6 +23,11 @@ double mfres_lr_at_epoch(double base_lr, const long *milestones, int n_milestone
     for (int i = 0; i < n_milestones; i++)
         if (epoch >= milestones[i]) lr *= gamma;
     return lr;
+}
+
+double mfres_lr_cosine(double base_lr, long step, long total_steps) {
+    if (total_steps <= 1) return base_lr;
+    return 0.5 * base_lr * (1.0 + cos(M_PI * (double)step / (double)total_steps));
 }
 
 int mfres_optimizer_init(mfres_optimizer *o, const mfres_model *m, float lr, float momentum, float weight_decay,

@@ -33,6 +33,7 @@ void mfres_train_config_default(mfres_train_config *cfg) {
     cfg->weight_decay = 1e-4;
     cfg->tau_lr_mult = 1.0;
     cfg->gamma = 0.1;
+    cfg->cosine = true;
     cfg->seed = 0;
     cfg->threads = 0;
     cfg->augment = true;
@@ -58,8 +59,8 @@ void mfres_train_config_write_json(const mfres_train_config *c, FILE *fp) {
             m->in_w, m->num_classes, m->base_width);
     fprintf(fp, "  \"batch\": %d,\n  \"epochs\": %d,\n  \"lr\": %.9g,\n  \"momentum\": %.9g,\n", m->batch, c->epochs, c->lr,
             c->momentum);
-    fprintf(fp, "  \"weight_decay\": %.9g,\n  \"nesterov\": %s,\n  \"milestones\": [", c->weight_decay,
-            c->nesterov ? "true" : "false");
+    fprintf(fp, "  \"weight_decay\": %.9g,\n  \"nesterov\": %s,\n  \"schedule\": \"%s\",\n  \"milestones\": [",
+            c->weight_decay, c->nesterov ? "true" : "false", c->cosine ? "cosine" : "multistep");
     for (int i = 0; i < c->n_milestones; i++) fprintf(fp, "%s%ld", i ? ", " : "", c->milestones[i]);
     fprintf(fp, "],\n  \"gamma\": %.9g,\n  \"seed\": %llu,\n  \"threads\": %d,\n", c->gamma,
             (unsigned long long)c->seed, c->threads);
@@ -213,6 +214,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
         while ((rc = mfres_loader_next(loader, &images, &labels, &count)) == 1) {
             double loss;
             int hits;
+            if (cfg.cosine) opt.lr = (float)mfres_lr_cosine(cfg.lr, res->steps, (long)batches * cfg.epochs);
             rc = mfres_model_forward(&m, images, labels, true, &loss, &hits);
             if (cfg.inject_nan_step && res->steps + 1 == cfg.inject_nan_step) loss = NAN;
             if (rc == MFRES_ENUMERIC || !isfinite(loss)) {
