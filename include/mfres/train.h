@@ -23,7 +23,7 @@ typedef struct mfres_train_config {
     uint64_t seed;
     int threads;               /* 0: all cores */
     char out_dir[4096];
-    bool augment;              /* pad 4 + random crop (+ flip) */
+    int augment;               /* pad 4 + random crop (+ flip); -1: the data set's default (CIFAR on, MNIST off) */
     int flip;                  /* -1: the data set's default (CIFAR on, MNIST off) */
     int train_limit, test_limit; /* use only the first K images (0: all) */
     int progress;              /* -1: bar on a terminal, lines otherwise; 0: lines; 1: bar */

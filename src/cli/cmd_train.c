@@ -16,7 +16,7 @@ static void print_help(void) {
            "data:\n"
            "  --data NAME[:PATH]    fashion-mnist[:DIR] (default /usr/share/datasets/fashion-mnist),\n"
            "                        mnist:DIR, cifar10[:DIR], cifar100:DIR, cifar100-coarse:DIR [fashion-mnist]\n"
-           "  --no-augment          no pad-4 random crop / flip\n"
+           "  --augment | --no-augment  pad-4 random crop (and flip, where on) [on for CIFAR, off for MNIST]\n"
            "  --flip | --no-flip    random horizontal flip [on for CIFAR, off for MNIST]\n"
            "  --train-limit K       train on the first K images only\n"
            "  --test-limit K        evaluate on the first K test images only\n"
@@ -66,7 +66,9 @@ int cmd_train(int argc, char **argv) {
                                        CLI_DATA_NAMES, v);
             snprintf(cfg.data, sizeof cfg.data, "%s", v);
         } else if (!strcmp(argv[i], "--no-augment")) {
-            cfg.augment = false;
+            cfg.augment = 0;
+        } else if (!strcmp(argv[i], "--augment")) {
+            cfg.augment = 1;
         } else if (!strcmp(argv[i], "--flip")) {
             cfg.flip = 1;
         } else if (!strcmp(argv[i], "--no-flip")) {
