@@ -23,6 +23,7 @@ static void print_help(void) {
            "  --iters N             timed steps per measurement [10]\n"
            "  --warmup N            untimed steps first [2]\n"
            "  --threads N           [all cores]\n"
+           "  --profile             also a per-kernel table of a training step (where the time goes)\n"
            "  --gemm                instead: the machine's cblas_sgemm peak (N = 1024, 2048)\n"
            "%s",
            cli_model_flags_help);
@@ -55,7 +56,7 @@ int cmd_bench(int argc, char **argv) {
     mfres_model_config_default(&cfg);
     cfg.in_c = 3, cfg.in_h = 32, cfg.in_w = 32;
     long iters = 10, warmup = 2, threads = 0, classes = 10;
-    bool gemm = false;
+    bool gemm = false, profile = false;
     for (int i = 1; i < argc; i++) {
         const char *v;
         int r = cli_model_flag(cmd, argc, argv, &i, &cfg);
@@ -67,6 +68,8 @@ int cmd_bench(int argc, char **argv) {
         }
         if (!strcmp(argv[i], "--gemm")) {
             gemm = true;
+        } else if (!strcmp(argv[i], "--profile")) {
+            profile = true;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--input", &v))) {
             char tail;
             if (r < 0) return 2;
@@ -111,6 +114,23 @@ int cmd_bench(int argc, char **argv) {
         double t0 = mfres_now();
         if ((rc = mfres_model_forward(&m, images, labels, false, &loss, NULL))) break;
         if (it >= warmup) t_infer += mfres_now() - t0;
+    }
+    if (!rc && profile) {
+        /* Separate, profiled steps: the timers add a little to each kernel call. */
+        double t_prof = 0;
+        mfres_model_set_profiling(&m, true);
+        for (long it = 0; !rc && it < iters; it++) {
+            double t0 = mfres_now();
+            if ((rc = mfres_model_forward(&m, images, labels, true, &loss, NULL)) || (rc = mfres_model_backward(&m)))
+                break;
+            mfres_optimizer_step(&opt, &m);
+            t_prof += mfres_now() - t0;
+        }
+        mfres_model_set_profiling(&m, false);
+        if (!rc) {
+            printf("profile of a training step (%ld steps, %.1f ms/step with timers):\n", iters, 1e3 * t_prof / iters);
+            mfres_model_print_profile(&m, stdout, iters, t_prof / iters);
+        }
     }
     if (!rc) {
         double train_ips = iters * cfg.batch / t_train, infer_ips = iters * cfg.batch / t_infer;

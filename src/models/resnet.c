@@ -16,6 +16,7 @@
  * and tau buffers (one each), and one arena for activations, saved state and
  * the four gradient scratch buffers the backward pass rotates through. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mfres/core.h"
@@ -24,7 +25,13 @@
 #include "models/resnet_internal.h"
 #include "nn/nn.h"
 
-enum { N_SCRATCH = 4 };
+enum { N_SCRATCH = 4, MAX_PROF = 64 };
+
+typedef struct prof_entry {
+    char name[48];
+    double seconds, flops;
+    long calls;
+} prof_entry;
 
 typedef struct act {
     float *data;
@@ -63,6 +70,9 @@ struct resnet_impl {
     void *arena;
     bool have_train_forward;
     int last_reorders;
+    bool profiling;
+    int n_prof;
+    prof_entry prof[MAX_PROF];
 };
 
 /* ------------------------------------------------------------------------ */
@@ -508,33 +518,73 @@ static int bn_forward(nn_batchnorm *bn, const nn_ctx *ctx, act *out, const act *
                  : nn_batchnorm_forward_infer(bn, ctx, out->mem, in->mem);
 }
 
+/* ---- profiling: time per kernel kind and stage (mfres bench --profile) ---- */
+
+static double prof_start(const struct resnet_impl *r) { return r->profiling ? mfres_now() : 0.0; }
+
+static void prof_stop(struct resnet_impl *r, const char *kind, int stage, double t0, double flops) {
+    if (!r->profiling) return;
+    double dt = mfres_now() - t0;
+    char name[sizeof r->prof[0].name];
+    if (stage >= 0) snprintf(name, sizeof name, "%s [stage %d]", kind, stage + 1);
+    else snprintf(name, sizeof name, "%s", kind);
+    for (int i = 0; i < r->n_prof; i++)
+        if (!strcmp(r->prof[i].name, name)) {
+            r->prof[i].seconds += dt, r->prof[i].calls++, r->prof[i].flops += flops;
+            return;
+        }
+    if (r->n_prof == MAX_PROF) return;
+    prof_entry *e = &r->prof[r->n_prof++];
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->seconds = dt, e->calls = 1, e->flops = flops;
+}
+
+/* Runs one kernel call, timing it under `kind` when profiling; returns on error. */
+#define STEP(kind, stage, flops, call)                        \
+    do {                                                      \
+        double t0_ = prof_start(r);                           \
+        int rc_ = (call);                                     \
+        prof_stop(r, kind, stage, t0_, flops);                \
+        if (rc_) return rc_;                                  \
+    } while (0)
+/* The same for calls that return nothing. */
+#define STEP_VOID(kind, stage, flops, call)                   \
+    do {                                                      \
+        double t0_ = prof_start(r);                           \
+        call;                                                 \
+        prof_stop(r, kind, stage, t0_, flops);                \
+    } while (0)
+
+static double conv_layer_flops(const nn_conv2d *c) {
+    return 2.0 * c->N * c->K * c->C * c->R * c->S * c->OH * c->OW;
+}
+
 static int block_forward(mfres_model *m, block_pos *b, const act *x, bool train) {
     struct resnet_impl *r = m->impl;
     const nn_ctx *ctx = &r->ctx;
     block_shape s = b->shape;
     float h = resnet_step_at(m, b->stage, b->index), mom = m->cfg.bn_momentum;
     size_t n_out = (size_t)m->cfg.batch * s.c_out * s.h_out * s.w_out;
-    int rc;
+    int st = b->stage;
     const float *shortcut = x->data;
     if (s.downsample) {
-        /* The option-A shortcut is recomputed into b->out's buffer, then overwritten in place by the sum. */
-        nn_shortcut_a_forward(b->out.data, x->data, m->cfg.batch, s.c_in, s.h_in, s.w_in, ctx->block);
+        /* The option-A shortcut is computed into b->out's buffer, then overwritten in place by the sum. */
+        STEP_VOID("shortcut A", st, 0,
+                  nn_shortcut_a_forward(b->out.data, x->data, m->cfg.batch, s.c_in, s.h_in, s.w_in, ctx->block));
         shortcut = b->out.data;
     }
     if (m->cfg.block == MFRES_BLOCK_PREACT) {
-        if ((rc = bn_forward(&b->bn1, ctx, &b->a0, x, train, mom)) ||
-            (rc = nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, b->a0.mem)) ||
-            (rc = bn_forward(&b->bn2, ctx, &b->a1, &b->t1, train, mom)) ||
-            (rc = nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem)))
-            return rc;
-        nn_residual_forward(b->out.data, shortcut, b->t2.data, h, false, n_out);
+        STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a0, x, train, mom));
+        STEP("conv fwd", st, conv_layer_flops(&b->conv1), nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, b->a0.mem));
+        STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn2, ctx, &b->a1, &b->t1, train, mom));
+        STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
+        STEP_VOID("residual add", st, 0, nn_residual_forward(b->out.data, shortcut, b->t2.data, h, false, n_out));
     } else {
-        if ((rc = nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, x->mem)) ||
-            (rc = bn_forward(&b->bn1, ctx, &b->a1, &b->t1, train, mom)) ||
-            (rc = nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem)) ||
-            (rc = bn_forward(&b->bn2, ctx, &b->b2, &b->t2, train, mom)))
-            return rc;
-        nn_residual_forward(b->out.data, shortcut, b->b2.data, h, true, n_out);
+        STEP("conv fwd", st, conv_layer_flops(&b->conv1), nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, x->mem));
+        STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a1, &b->t1, train, mom));
+        STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
+        STEP("batch norm fwd", st, 0, bn_forward(&b->bn2, ctx, &b->b2, &b->t2, train, mom));
+        STEP_VOID("residual add+relu", st, 0, nn_residual_forward(b->out.data, shortcut, b->b2.data, h, true, n_out));
     }
     return MFRES_OK;
 }
@@ -546,13 +596,15 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
     const mfres_model_config *c = &m->cfg;
     net_params *net = &r->net;
     bool pre = c->block == MFRES_BLOCK_PREACT;
-    int N = c->batch, w = c->base_width, rc;
+    int N = c->batch, w = c->base_width;
     float mom = c->bn_momentum;
 
     /* Point every layer at the parameters of the block that runs there, and
      * refresh the blocked weight copies: once per step. */
+    double t0 = prof_start(r);
     nn_conv2d_bind(&r->stem_conv, net->stem_w->data, net->stem_w->grad);
-    if ((rc = nn_conv2d_prepare(&r->stem_conv, ctx))) return rc;
+    int rc = nn_conv2d_prepare(&r->stem_conv, ctx);
+    if (rc) return rc;
     if (!pre)
         nn_batchnorm_bind(&r->stem_bn, net->stem_bn_w->data, net->stem_bn_b->data, net->stem_bn_w->grad,
                           net->stem_bn_b->grad, net->stem_bn_rm->data, net->stem_bn_rv->data, r->stem_stats,
@@ -566,12 +618,14 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
         if ((rc = nn_conv2d_prepare(&r->pos[p].conv1, ctx)) || (rc = nn_conv2d_prepare(&r->pos[p].conv2, ctx)))
             return rc;
     }
+    prof_stop(r, "weight reorders", -1, t0, 0);
 
     dnnl_memory_set_data_handle(r->x_in.mem, (void *)images);
-    if ((rc = nn_conv2d_forward(&r->stem_conv, ctx, r->stem_t.mem, r->x_in.mem))) return rc;
+    STEP("conv fwd (stem)", -1, conv_layer_flops(&r->stem_conv),
+         nn_conv2d_forward(&r->stem_conv, ctx, r->stem_t.mem, r->x_in.mem));
     const act *x = &r->stem_t;
     if (!pre) {
-        if ((rc = bn_forward(&r->stem_bn, ctx, &r->stem_a, &r->stem_t, train, mom))) return rc;
+        STEP("batch norm+relu fwd (stem)", -1, 0, bn_forward(&r->stem_bn, ctx, &r->stem_a, &r->stem_t, train, mom));
         x = &r->stem_a;
     }
     for (int p = 0; p < r->n_pos; p++) {
@@ -579,16 +633,18 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
         x = &r->pos[p].out;
     }
     if (pre) {
-        if ((rc = bn_forward(&r->final_bn, ctx, &r->final_a, x, train, mom))) return rc;
+        STEP("batch norm+relu fwd (final)", -1, 0, bn_forward(&r->final_bn, ctx, &r->final_a, x, train, mom));
         x = &r->final_a;
     }
     int C = 4 * w, HW = (c->in_h / 4) * (c->in_w / 4);
+    double loss_sum;
+    int hits, valid;
+    t0 = prof_start(r);
     nn_avgpool_forward(r->pooled, x->data, N, C, HW, ctx->block);
     nn_linear_forward(r->logits, r->pooled, net->fc_w->data, net->fc_b->data, N, C, c->num_classes);
     for (int i = 0; i < N; i++) r->labels[i] = labels[i];
-    double loss_sum;
-    int hits, valid;
     nn_softmax_xent_forward(r->probs, &loss_sum, &hits, &valid, r->logits, r->labels, N, c->num_classes);
+    prof_stop(r, "pool+fc+loss fwd", -1, t0, 0);
     *loss = valid ? loss_sum / valid : 0.0;
     if (correct) *correct = hits;
     r->have_train_forward = train;
@@ -612,39 +668,40 @@ static int block_backward(mfres_model *m, block_pos *b, const act *x, int *g) {
     struct resnet_impl *r = m->impl;
     const nn_ctx *ctx = &r->ctx;
     block_shape s = b->shape;
-    int si = s.downsample ? b->stage - 1 : b->stage, so = b->stage, s1, s2, spare, rc;
+    int si = s.downsample ? b->stage - 1 : b->stage, so = b->stage, st = b->stage, s1, s2, spare;
     others(*g, &s1, &s2, &spare);
     float h = resnet_step_at(m, b->stage, b->index);
     size_t n_out = (size_t)m->cfg.batch * s.c_out * s.h_out * s.w_out;
     float *G = r->scratch[*g];
-    dnnl_memory_t (*S)[3] = r->scratch_mem;
+    double *dh = &r->dh[b->stage * m->blocks_per_stage + b->index];
+    double f1 = conv_layer_flops(&b->conv1), f2 = conv_layer_flops(&b->conv2);
+    dnnl_memory_t(*S)[3] = r->scratch_mem;
     if (m->cfg.block == MFRES_BLOCK_PREACT) {
-        r->dh[b->stage * m->blocks_per_stage + b->index] =
-            nn_residual_backward(G, r->scratch[s1], G, b->out.data, b->t2.data, h, false, n_out);
-        if ((rc = nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[s1][so])) ||
-            (rc = nn_conv2d_backward_data(&b->conv2, ctx, S[s2][so], S[s1][so])) ||
-            (rc = nn_batchnorm_backward(&b->bn2, ctx, S[s1][so], S[s2][so], b->t1.mem)) ||
-            (rc = nn_conv2d_backward_weights(&b->conv1, ctx, b->a0.mem, S[s1][so])) ||
-            (rc = nn_conv2d_backward_data(&b->conv1, ctx, S[s2][si], S[s1][so])) ||
-            (rc = nn_batchnorm_backward(&b->bn1, ctx, S[s1][si], S[s2][si], x->mem)))
-            return rc;
+        STEP_VOID("residual bwd", st, 0,
+                  *dh = nn_residual_backward(G, r->scratch[s1], G, b->out.data, b->t2.data, h, false, n_out));
+        STEP("conv bwd weights", st, f2, nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[s1][so]));
+        STEP("conv bwd data", st, f2, nn_conv2d_backward_data(&b->conv2, ctx, S[s2][so], S[s1][so]));
+        STEP("batch norm+relu bwd", st, 0, nn_batchnorm_backward(&b->bn2, ctx, S[s1][so], S[s2][so], b->t1.mem));
+        STEP("conv bwd weights", st, f1, nn_conv2d_backward_weights(&b->conv1, ctx, b->a0.mem, S[s1][so]));
+        STEP("conv bwd data", st, f1, nn_conv2d_backward_data(&b->conv1, ctx, S[s2][si], S[s1][so]));
+        STEP("batch norm+relu bwd", st, 0, nn_batchnorm_backward(&b->bn1, ctx, S[s1][si], S[s2][si], x->mem));
     } else {
-        r->dh[b->stage * m->blocks_per_stage + b->index] =
-            nn_residual_backward(G, r->scratch[s1], G, b->out.data, b->b2.data, h, true, n_out);
-        if ((rc = nn_batchnorm_backward(&b->bn2, ctx, S[s2][so], S[s1][so], b->t2.mem)) ||
-            (rc = nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[s2][so])) ||
-            (rc = nn_conv2d_backward_data(&b->conv2, ctx, S[s1][so], S[s2][so])) ||
-            (rc = nn_batchnorm_backward(&b->bn1, ctx, S[s2][so], S[s1][so], b->t1.mem)) ||
-            (rc = nn_conv2d_backward_weights(&b->conv1, ctx, x->mem, S[s2][so])) ||
-            (rc = nn_conv2d_backward_data(&b->conv1, ctx, S[s1][si], S[s2][so])))
-            return rc;
+        STEP_VOID("residual+relu bwd", st, 0,
+                  *dh = nn_residual_backward(G, r->scratch[s1], G, b->out.data, b->b2.data, h, true, n_out));
+        STEP("batch norm bwd", st, 0, nn_batchnorm_backward(&b->bn2, ctx, S[s2][so], S[s1][so], b->t2.mem));
+        STEP("conv bwd weights", st, f2, nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[s2][so]));
+        STEP("conv bwd data", st, f2, nn_conv2d_backward_data(&b->conv2, ctx, S[s1][so], S[s2][so]));
+        STEP("batch norm+relu bwd", st, 0, nn_batchnorm_backward(&b->bn1, ctx, S[s2][so], S[s1][so], b->t1.mem));
+        STEP("conv bwd weights", st, f1, nn_conv2d_backward_weights(&b->conv1, ctx, x->mem, S[s2][so]));
+        STEP("conv bwd data", st, f1, nn_conv2d_backward_data(&b->conv1, ctx, S[s1][si], S[s2][so]));
     }
     /* dE/dx = branch path (in s1) + shortcut path (the residual gradient in G). */
     if (s.downsample) {
-        nn_shortcut_a_backward_add(r->scratch[s1], G, m->cfg.batch, s.c_in, s.h_in, s.w_in, ctx->block);
+        STEP_VOID("shortcut A bwd", st, 0,
+                  nn_shortcut_a_backward_add(r->scratch[s1], G, m->cfg.batch, s.c_in, s.h_in, s.w_in, ctx->block));
         *g = s1;
     } else {
-        nn_add_inplace(G, r->scratch[s1], n_out);
+        STEP_VOID("gradient add", st, 0, nn_add_inplace(G, r->scratch[s1], n_out));
     }
     return MFRES_OK;
 }
@@ -658,16 +715,18 @@ int mfres_model_backward(mfres_model *m) {
     int N = c->batch, C = 4 * c->base_width, HW = (c->in_h / 4) * (c->in_w / 4), rc;
     if (!r->have_train_forward) return mfres_fail(MFRES_EINVAL, "backward needs a training forward pass first");
 
+    int g = 0, s1, s2, spare;
+    double t0 = prof_start(r);
     nn_softmax_xent_backward(r->dlogits, r->probs, r->labels, N, c->num_classes);
     nn_linear_backward(r->dpooled, net->fc_w->grad, net->fc_b->grad, r->dlogits, r->pooled, net->fc_w->data, N, C,
                        c->num_classes);
-    int g = 0, s1, s2, spare;
     nn_avgpool_backward(r->scratch[g], r->dpooled, N, C, HW, ctx->block);
+    prof_stop(r, "pool+fc+loss bwd", -1, t0, 0);
     const act *last = &r->pos[r->n_pos - 1].out;
     if (pre) {
         others(g, &s1, &s2, &spare);
-        if ((rc = nn_batchnorm_backward(&r->final_bn, ctx, r->scratch_mem[s1][2], r->scratch_mem[g][2], last->mem)))
-            return rc;
+        STEP("batch norm+relu bwd (final)", -1, 0,
+             nn_batchnorm_backward(&r->final_bn, ctx, r->scratch_mem[s1][2], r->scratch_mem[g][2], last->mem));
         g = s1;
     }
     for (int p = r->n_pos - 1; p >= 0; p--) {
@@ -676,11 +735,12 @@ int mfres_model_backward(mfres_model *m) {
     }
     if (!pre) {
         others(g, &s1, &s2, &spare);
-        if ((rc = nn_batchnorm_backward(&r->stem_bn, ctx, r->scratch_mem[s1][0], r->scratch_mem[g][0], r->stem_t.mem)))
-            return rc;
+        STEP("batch norm+relu bwd (stem)", -1, 0,
+             nn_batchnorm_backward(&r->stem_bn, ctx, r->scratch_mem[s1][0], r->scratch_mem[g][0], r->stem_t.mem));
         g = s1;
     }
-    if ((rc = nn_conv2d_backward_weights(&r->stem_conv, ctx, r->x_in.mem, r->scratch_mem[g][0]))) return rc;
+    STEP("conv bwd weights (stem)", -1, conv_layer_flops(&r->stem_conv),
+         nn_conv2d_backward_weights(&r->stem_conv, ctx, r->x_in.mem, r->scratch_mem[g][0]));
 
     if (c->mode == MFRES_MODE_MEANFIELD) {
         int P = m->particles, n = m->blocks_per_stage;
@@ -688,6 +748,37 @@ int mfres_model_backward(mfres_model *m) {
             mf_tau_grad(m->tau_grad + s * P, m->order + s * P, r->dh + s * n + 1, P);
     }
     return MFRES_OK;
+}
+
+void mfres_model_set_profiling(mfres_model *m, bool on) {
+    m->impl->profiling = on;
+    if (on) m->impl->n_prof = 0;
+}
+
+static int prof_cmp(const void *a, const void *b) {
+    double x = ((const prof_entry *)a)->seconds, y = ((const prof_entry *)b)->seconds;
+    return (x < y) - (x > y);
+}
+
+void mfres_model_print_profile(const mfres_model *m, FILE *out, long steps, double step_seconds) {
+    const struct resnet_impl *r = m->impl;
+    prof_entry sorted[MAX_PROF];
+    memcpy(sorted, r->prof, sizeof(prof_entry) * r->n_prof);
+    qsort(sorted, r->n_prof, sizeof sorted[0], prof_cmp);
+    double total = 0;
+    for (int i = 0; i < r->n_prof; i++) total += sorted[i].seconds;
+    if (steps < 1) steps = 1;
+    fprintf(out, "  %-34s %9s %6s %7s %9s\n", "kernel", "ms/step", "%", "calls", "GFLOP/s");
+    for (int i = 0; i < r->n_prof; i++) {
+        const prof_entry *e = &sorted[i];
+        char rate[16] = "";
+        if (e->flops > 0) snprintf(rate, sizeof rate, "%9.1f", e->flops / e->seconds / 1e9);
+        fprintf(out, "  %-34s %9.2f %5.1f%% %7ld %9s\n", e->name, 1e3 * e->seconds / steps,
+                100 * e->seconds / (step_seconds * steps), e->calls / steps, rate);
+    }
+    fprintf(out, "  %-34s %9.2f %5.1f%%\n", "model kernels, total", 1e3 * total / steps,
+            100 * total / (step_seconds * steps));
+    fprintf(out, "  %-34s %9.2f %5.1f%%\n", "whole step (incl. optimiser)", 1e3 * step_seconds, 100.0);
 }
 
 /* ------------------------------------------------------------------------ */
