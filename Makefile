@@ -1,7 +1,7 @@
 # mfres: GNU Make build. `make` builds build/mfres and build/libmfres.a;
 # `make test` installs missing dependencies, builds and runs every test.
 CC ?= cc
-OPT ?= -O2 -march=native
+OPT ?= -O3 -march=native
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g $(OPT) -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP $(EXTRA_CFLAGS)
 LDLIBS := -ldnnl -lopenblas -llapacke -lz -lm -lpthread
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)

@@ -47,7 +47,9 @@ typedef struct block_pos {
     act t1, a1, t2;    /* conv1 out, its activation, conv2 out */
     act b2;            /* postact: BN2(t2), the branch */
     act out;           /* X at the next position */
+    unsigned char *out_mask; /* postact: out > 0, for the ReLU's backward */
     float *bn1_stats, *bn2_stats; /* mean | var */
+    float *bn2_scaled;            /* postact: h*gamma2 | h*beta2, the branch's step folded into BN2 */
     void *bn1_ws, *bn2_ws;
 } block_pos;
 
@@ -258,8 +260,10 @@ static void layout_arena(mfres_model *m, arena *a) {
         b->t2.data = take(a, out_bytes);
         if (!pre) b->b2.data = take(a, out_bytes);
         b->out.data = take(a, out_bytes);
+        if (!pre) b->out_mask = take(a, out_bytes / sizeof(float));
         b->bn1_stats = take(a, 2 * (pre ? s.c_in : s.c_out) * sizeof(float));
         b->bn2_stats = take(a, 2 * s.c_out * sizeof(float));
+        b->bn2_scaled = take(a, 2 * s.c_out * sizeof(float));
         b->bn1_ws = take(a, b->bn1.workspace_bytes);
         b->bn2_ws = take(a, b->bn2.workspace_bytes);
     }
@@ -502,8 +506,12 @@ int mfres_model_last_reorders(const mfres_model *m) { return m->impl->last_reord
 /* ------------------------------------------------------------------------ */
 /* forward */
 
+static block_params *block_params_at(const mfres_model *m, const block_pos *b) {
+    return &m->impl->net.blocks[b->stage * m->blocks_per_stage + resnet_block_at(m, b->stage, b->index)];
+}
+
 static void bind_block(mfres_model *m, block_pos *b) {
-    block_params *bp = &m->impl->net.blocks[b->stage * m->blocks_per_stage + resnet_block_at(m, b->stage, b->index)];
+    block_params *bp = block_params_at(m, b);
     int c1 = (int)bp->bn1_w->numel, c2 = (int)bp->bn2_w->numel;
     nn_conv2d_bind(&b->conv1, bp->conv1_w->data, bp->conv1_w->grad);
     nn_conv2d_bind(&b->conv2, bp->conv2_w->data, bp->conv2_w->grad);
@@ -578,13 +586,18 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x, bool train)
         STEP("conv fwd", st, conv_layer_flops(&b->conv1), nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, b->a0.mem));
         STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn2, ctx, &b->a1, &b->t1, train, mom));
         STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
-        STEP_VOID("residual add", st, 0, nn_residual_forward(b->out.data, shortcut, b->t2.data, h, false, n_out));
+        STEP_VOID("residual add", st, 0, nn_residual_forward(b->out.data, NULL, shortcut, b->t2.data, h, false, n_out));
     } else {
+        /* The step h is folded into BN2's affine parameters: b2 = h*BN2(t2) comes out of the batch norm itself. */
+        const block_params *bp = block_params_at(m, b);
+        int C = s.c_out;
+        for (int c = 0; c < C; c++) b->bn2_scaled[c] = h * bp->bn2_w->data[c], b->bn2_scaled[C + c] = h * bp->bn2_b->data[c];
+        nn_batchnorm_bind_affine(&b->bn2, b->bn2_scaled, b->bn2_scaled + C);
         STEP("conv fwd", st, conv_layer_flops(&b->conv1), nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, x->mem));
         STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a1, &b->t1, train, mom));
         STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
         STEP("batch norm fwd", st, 0, bn_forward(&b->bn2, ctx, &b->b2, &b->t2, train, mom));
-        STEP_VOID("residual add+relu", st, 0, nn_residual_forward(b->out.data, shortcut, b->b2.data, h, true, n_out));
+        STEP_VOID("residual add+relu", st, 0, nn_residual_forward(b->out.data, b->out_mask, shortcut, b->b2.data, 1.0f, true, n_out));
     }
     return MFRES_OK;
 }
@@ -672,23 +685,51 @@ static int block_backward(mfres_model *m, block_pos *b, const act *x, int *g) {
     others(*g, &s1, &s2, &spare);
     float h = resnet_step_at(m, b->stage, b->index);
     size_t n_out = (size_t)m->cfg.batch * s.c_out * s.h_out * s.w_out;
+    size_t n_in = (size_t)m->cfg.batch * s.c_in * s.h_in * s.w_in;
     float *G = r->scratch[*g];
     double *dh = &r->dh[b->stage * m->blocks_per_stage + b->index];
     double f1 = conv_layer_flops(&b->conv1), f2 = conv_layer_flops(&b->conv2);
     dnnl_memory_t(*S)[3] = r->scratch_mem;
+    const block_params *bp = block_params_at(m, b);
     if (m->cfg.block == MFRES_BLOCK_PREACT) {
-        STEP_VOID("residual bwd", st, 0,
-                  *dh = nn_residual_backward(G, r->scratch[s1], G, b->out.data, b->t2.data, h, false, n_out));
-        STEP("conv bwd weights", st, f2, nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[s1][so]));
-        STEP("conv bwd data", st, f2, nn_conv2d_backward_data(&b->conv2, ctx, S[s2][so], S[s1][so]));
+        /* out = x + h*conv2(...). The branch is run backward on the unscaled
+         * gradient G (no pass over the activations to form h*G); everything it
+         * yields is then h times too small, fixed below on the (small)
+         * parameter gradients and in the final add. dE/dh = <G, conv2(a1)> is
+         * <W2, dW2> for the unscaled dW2, because conv2 is linear in W2. */
+        STEP("conv bwd weights", st, f2, nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[*g][so]));
+        STEP("conv bwd data", st, f2, nn_conv2d_backward_data(&b->conv2, ctx, S[s2][so], S[*g][so]));
         STEP("batch norm+relu bwd", st, 0, nn_batchnorm_backward(&b->bn2, ctx, S[s1][so], S[s2][so], b->t1.mem));
         STEP("conv bwd weights", st, f1, nn_conv2d_backward_weights(&b->conv1, ctx, b->a0.mem, S[s1][so]));
         STEP("conv bwd data", st, f1, nn_conv2d_backward_data(&b->conv1, ctx, S[s2][si], S[s1][so]));
         STEP("batch norm+relu bwd", st, 0, nn_batchnorm_backward(&b->bn1, ctx, S[s1][si], S[s2][si], x->mem));
+        double a = 0;
+        const float *w2 = bp->conv2_w->data, *dw2 = bp->conv2_w->grad;
+        for (size_t i = 0; i < bp->conv2_w->numel; i++) a += (double)w2[i] * dw2[i];
+        *dh = a;
+        if (h != 1.0f) {
+            /* The block's trainable tensors are contiguous in the gradient buffer: conv1 ... bn2.bias. */
+            float *first = bp->conv1_w->grad, *last = bp->bn2_b->grad + bp->bn2_b->numel;
+            for (float *p = first; p < last; p++) *p *= h;
+            float *branch = r->scratch[s1];
+#pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < n_out; i++) branch[i] *= h;
+        }
     } else {
-        STEP_VOID("residual+relu bwd", st, 0,
-                  *dh = nn_residual_backward(G, r->scratch[s1], G, b->out.data, b->b2.data, h, true, n_out));
-        STEP("batch norm bwd", st, 0, nn_batchnorm_backward(&b->bn2, ctx, S[s2][so], S[s1][so], b->t2.mem));
+        /* out = relu(x + BN2'(t2)) with BN2' = h*BN2 (scale h*gamma, shift h*beta).
+         * BN2's backward then gives d/d(h*gamma) and d/d(h*beta); from those
+         * dE/dh = sum_c gamma_c dE/d(h gamma_c) + beta_c dE/d(h beta_c), and the
+         * true parameter gradients are h times them. No pass over the branch. */
+        STEP_VOID("relu bwd (block output)", st, 0, nn_relu_backward_inplace(G, b->out_mask, n_out));
+        STEP("batch norm bwd", st, 0, nn_batchnorm_backward(&b->bn2, ctx, S[s2][so], S[*g][so], b->t2.mem));
+        float *dgamma = bp->bn2_w->grad, *dbeta = bp->bn2_b->grad;
+        const float *gamma = bp->bn2_w->data, *beta = bp->bn2_b->data;
+        double a = 0;
+        for (int c = 0; c < s.c_out; c++) {
+            a += (double)gamma[c] * dgamma[c] + (double)beta[c] * dbeta[c];
+            dgamma[c] *= h, dbeta[c] *= h;
+        }
+        *dh = a;
         STEP("conv bwd weights", st, f2, nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[s2][so]));
         STEP("conv bwd data", st, f2, nn_conv2d_backward_data(&b->conv2, ctx, S[s1][so], S[s2][so]));
         STEP("batch norm+relu bwd", st, 0, nn_batchnorm_backward(&b->bn1, ctx, S[s2][so], S[s1][so], b->t1.mem));
@@ -701,7 +742,7 @@ static int block_backward(mfres_model *m, block_pos *b, const act *x, int *g) {
                   nn_shortcut_a_backward_add(r->scratch[s1], G, m->cfg.batch, s.c_in, s.h_in, s.w_in, ctx->block));
         *g = s1;
     } else {
-        STEP_VOID("gradient add", st, 0, nn_add_inplace(G, r->scratch[s1], n_out));
+        STEP_VOID("gradient add", st, 0, nn_add_inplace(G, r->scratch[s1], n_in));
     }
     return MFRES_OK;
 }

@@ -64,6 +64,11 @@ void nn_batchnorm_bind(nn_batchnorm *bn, float *gamma, float *beta, float *dgamm
     if (bn->workspace) dnnl_memory_set_data_handle(bn->workspace, workspace);
 }
 
+void nn_batchnorm_bind_affine(nn_batchnorm *bn, float *gamma, float *beta) {
+    dnnl_memory_set_data_handle(bn->gamma, gamma);
+    dnnl_memory_set_data_handle(bn->beta, beta);
+}
+
 static float *handle_of(dnnl_memory_t mem) {
     void *p = NULL;
     dnnl_memory_get_data_handle(mem, &p);

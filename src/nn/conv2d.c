@@ -57,7 +57,7 @@ int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int 
 
     dnnl_convolution_desc_t desc;
     dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
-    NN_CHECK(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_training, dnnl_convolution_direct, src_md, &w_any,
+    NN_CHECK(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_training, ctx->conv_alg, src_md, &w_any,
                                                 NULL, dst_md, strides, padding, padding_r));
     NN_CHECK(dnnl_primitive_desc_create(&fwd_pd, &desc, NULL, ctx->engine, NULL));
     int rc = make_primitive(&conv->fwd, fwd_pd);
@@ -68,7 +68,7 @@ int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int 
     if (rc) goto done;
 
     if (backward_data) {
-        NN_CHECK(dnnl_convolution_backward_data_desc_init(&desc, dnnl_convolution_direct, src_md, &w_any, dst_md,
+        NN_CHECK(dnnl_convolution_backward_data_desc_init(&desc, ctx->conv_alg, src_md, &w_any, dst_md,
                                                           strides, padding, padding_r));
         NN_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, ctx->engine, fwd_pd));
         rc = make_primitive(&conv->bwd_data, pd);
@@ -84,7 +84,7 @@ int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int 
         if (rc) goto done;
     }
 
-    NN_CHECK(dnnl_convolution_backward_weights_desc_init(&desc, dnnl_convolution_direct, src_md, &w_any, NULL, dst_md,
+    NN_CHECK(dnnl_convolution_backward_weights_desc_init(&desc, ctx->conv_alg, src_md, &w_any, NULL, dst_md,
                                                          strides, padding, padding_r));
     NN_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, ctx->engine, fwd_pd));
     rc = make_primitive(&conv->bwd_weights, pd);

@@ -23,6 +23,10 @@ typedef struct nn_ctx {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     int block; /* channel block of the activation layout: 8 or 16 */
+    /* dnnl_convolution_auto lets oneDNN pick Winograd for 3x3 stride-1 layers
+     * where it has a kernel (AVX-512) and direct elsewhere; MFRES_CONV_ALGO=direct
+     * in the environment forces direct convolution everywhere. */
+    dnnl_alg_kind_t conv_alg;
 } nn_ctx;
 
 int nn_ctx_init(nn_ctx *ctx);
@@ -84,6 +88,8 @@ int nn_batchnorm_init(nn_batchnorm *bn, const nn_ctx *ctx, int N, int C, int H, 
  * per-position saved state: batch mean/var [C] and the ReLU workspace. */
 void nn_batchnorm_bind(nn_batchnorm *bn, float *gamma, float *beta, float *dgamma, float *dbeta, float *running_mean,
                        float *running_var, float *mean, float *var, void *workspace);
+/* Re-points only the affine parameters (for a scaled copy of gamma and beta). */
+void nn_batchnorm_bind_affine(nn_batchnorm *bn, float *gamma, float *beta);
 /* Training: normalise with batch statistics, save mean/var, then update the
  * running statistics like PyTorch (momentum 0.1, unbiased variance). */
 int nn_batchnorm_forward_train(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in,
@@ -95,13 +101,18 @@ int nn_batchnorm_backward(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t din
 void nn_batchnorm_free(nn_batchnorm *bn);
 
 /* ---- plain loops (any layout where noted) ---- */
-/* out = act(shortcut + h * branch); elementwise, so any layout shared by all three. */
-void nn_residual_forward(float *out, const float *shortcut, const float *branch, float h, bool relu, size_t n);
+/* out = act(shortcut + h * branch); elementwise, so any layout shared by all three.
+ * With relu and a non-NULL mask, also records mask[i] = (out[i] > 0) for the
+ * backward pass: 1 byte instead of re-reading 4 bytes of activation from memory. */
+void nn_residual_forward(float *out, unsigned char *mask, const float *shortcut, const float *branch, float h,
+                         bool relu, size_t n);
 /* g = dout * act'(out); writes dbranch = h*g, dshortcut = g (may alias dout) and returns dh = <g, branch>. */
 double nn_residual_backward(float *dshortcut, float *dbranch, const float *dout, const float *out,
                             const float *branch, float h, bool relu, size_t n);
 /* dst += src */
 void nn_add_inplace(float *dst, const float *src, size_t n);
+/* g *= mask, in place: ReLU's backward from the mask nn_residual_forward recorded. */
+void nn_relu_backward_inplace(float *g, const unsigned char *mask, size_t n);
 
 /* Option-A shortcut on nChw{B}c: in [N,C,H,W] -> out [N,2C,H/2,W/2], zero channels C/2 on each side. */
 void nn_shortcut_a_forward(float *out, const float *in, int N, int C, int H, int W, int block);

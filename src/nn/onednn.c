@@ -1,4 +1,5 @@
 /* oneDNN engine, stream and memory-descriptor helpers shared by the layers. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <oneapi/dnnl/dnnl_debug.h>
@@ -18,6 +19,8 @@ int nn_ctx_init(nn_ctx *ctx) {
     NN_CHECK(dnnl_stream_create(&ctx->stream, ctx->engine, dnnl_stream_default_flags));
     /* oneDNN's own kernels on AVX-512 machines work in 16-channel blocks, on AVX2 in 8. */
     dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    const char *algo = getenv("MFRES_CONV_ALGO");
+    ctx->conv_alg = algo && !strcmp(algo, "direct") ? dnnl_convolution_direct : dnnl_convolution_auto;
     ctx->block = (isa == dnnl_cpu_isa_avx512_core || isa == dnnl_cpu_isa_avx512_core_vnni ||
                   isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx ||
                   isa == dnnl_cpu_isa_avx512_mic || isa == dnnl_cpu_isa_avx512_mic_4ops)
