@@ -430,6 +430,83 @@ START_TEST(test_determinism_and_minibatch) {
 }
 END_TEST
 
+/* The ResNet path split into sample chunks (threads): gradients and a short training run with τ
+ * agree with one chunk to reassociation (1e-12 relative), a fixed chunk count is bit-reproducible,
+ * and the chunk count is forced to 1 off the Euler/one-step path. */
+static void chunk_run(int unit, int act, int chunks, int steps, double *losses, double *theta_out, size_t nth,
+                      double *gth_out) {
+    mfres_pnet net;
+    mfres_pdata D;
+    make_net(&net, &D, unit, act, 6, 16, 5, 5, 2, 201, 7); /* n = 201: uneven chunks */
+    ck_assert_uint_eq(mfres_pnet_num_theta(&net), nth);
+    mfres_pnet_train_config tc;
+    mfres_pnet_train_config_default(&tc);
+    tc.lr = 0.05;
+    tc.train_tau = 1;
+    tc.tau_lr_mult = 0.1;
+    tc.tau_max = 2.0;
+    mfres_pnet_trainer tr;
+    ck_assert_ok(mfres_pnet_trainer_init(&tr, &net, &tc, D.n, mfres_ode_euler, 1));
+    ck_assert_int_eq(mfres_pnet_work_set_chunks(&tr.w, &net, chunks), chunks);
+    double E, gtau[6] = {0};
+    memset(gth_out, 0, nth * sizeof(double));
+    ck_assert_ok(mfres_pnet_loss_grad(&net, &tr.w, D.x, D.y, D.n, MFRES_GRAD_BACKPROP, &E, gth_out, gtau, NULL, NULL));
+    mfres_rng rng;
+    mfres_rng_seed(&rng, 3);
+    for (int i = 0; i < steps; i++) ck_assert_ok(mfres_pnet_train_step(&net, &tr, D.x, D.y, &rng, &losses[i], NULL));
+    memcpy(theta_out, net.theta, nth * sizeof(double));
+    mfres_pnet_trainer_free(&tr);
+    mfres_pdata_free(&D);
+    mfres_pnet_free(&net);
+}
+
+START_TEST(test_chunks_match_one_thread) {
+    enum { STEPS = 20 };
+    const int units[] = {MFRES_UNIT_NEURON, MFRES_UNIT_NEURON, MFRES_UNIT_NEURON_NOBIAS, MFRES_UNIT_MATRIX};
+    const int acts[] = {MFRES_ACT_RELU, MFRES_ACT_TANH, MFRES_ACT_SOFTPLUS, MFRES_ACT_SIGMOID};
+    for (int u = 0; u < 4; u++) {
+        const size_t P = units[u] == MFRES_UNIT_NEURON ? 11 : units[u] == MFRES_UNIT_NEURON_NOBIAS ? 10 : 25;
+        const size_t nth = 6 * 16 * P;
+        double E1[STEPS], E[STEPS], *th1 = malloc(nth * sizeof(double)), *th = malloc(nth * sizeof(double));
+        double *g1 = malloc(nth * sizeof(double)), *g = malloc(nth * sizeof(double));
+        chunk_run(units[u], acts[u], 1, STEPS, E1, th1, nth, g1);
+        double gmax = 0;
+        for (size_t q = 0; q < nth; q++) gmax = fmax(gmax, fabs(g1[q]));
+        for (int chunks = 2; chunks <= 3; chunks++) {
+            chunk_run(units[u], acts[u], chunks, STEPS, E, th, nth, g);
+            for (size_t q = 0; q < nth; q++)
+                ck_assert_msg(fabs(g[q] - g1[q]) <= 1e-12 * gmax, "unit %d, %d chunks: gradient %zu differs by %.3g",
+                              units[u], chunks, q, fabs(g[q] - g1[q]));
+            for (int i = 0; i < STEPS; i++)
+                ck_assert_msg(fabs(E[i] - E1[i]) <= 1e-12 * E1[i], "unit %d, %d chunks: step %d loss %.17g vs %.17g",
+                              units[u], chunks, i, E[i], E1[i]);
+            double tmax = 0;
+            for (size_t q = 0; q < nth; q++) tmax = fmax(tmax, fabs(th[q] - th1[q]));
+            ck_assert_msg(tmax < 1e-10, "unit %d, %d chunks: θ differs by %.3g after %d steps", units[u], chunks,
+                          tmax, STEPS);
+        }
+        /* a fixed chunk count is bit-reproducible (the partials are added in chunk order) */
+        double E2[STEPS], *th2 = malloc(nth * sizeof(double));
+        chunk_run(units[u], acts[u], 2, STEPS, E2, th2, nth, g1);
+        chunk_run(units[u], acts[u], 2, STEPS, E, th, nth, g);
+        ck_assert_mem_eq(E, E2, sizeof E);
+        ck_assert_mem_eq(th, th2, nth * sizeof(double));
+        free(th1), free(th), free(th2), free(g1), free(g);
+    }
+    /* RK4 (and Euler with sub-steps) run as one chunk */
+    mfres_pnet net;
+    mfres_pdata D;
+    make_net(&net, &D, MFRES_UNIT_NEURON, MFRES_ACT_TANH, 2, 4, 3, 3, 1, 130, 1);
+    mfres_pnet_work w;
+    ck_assert_ok(mfres_pnet_work_alloc(&w, &net, D.n, mfres_ode_rk4, 2));
+    ck_assert_int_eq(w.chunks, 1);
+    ck_assert_int_eq(mfres_pnet_work_set_chunks(&w, &net, 2), 1);
+    mfres_pnet_work_free(&w);
+    mfres_pdata_free(&D);
+    mfres_pnet_free(&net);
+}
+END_TEST
+
 START_TEST(test_data_csv_and_bad_config) {
     char path[] = "/tmp/mfres_tp_XXXXXX.csv";
     int fd = mkstemps(path, 4);
@@ -471,6 +548,7 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, test_ensemble_first_order);
     tcase_add_test(tc, test_zero_loss_small);
     tcase_add_test(tc, test_determinism_and_minibatch);
+    tcase_add_test(tc, test_chunks_match_one_thread);
     tcase_add_test(tc, test_data_csv_and_bad_config);
     suite_add_tcase(s, tc);
     return s;

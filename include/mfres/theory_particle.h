@@ -98,11 +98,23 @@ typedef struct mfres_pnet_work {
     double *Fc;    /* L × n × d: every block's field (Euler with one step per block only; else NULL) */
     mfres_ode_step step;     /* dimension n d */
     mfres_ode_step step_aug; /* dimension 2 n d + M P */
+    /* Sample chunks (Euler with one step per block only; else 1): the n rows are split into
+     * `chunks` contiguous ranges that run forward and backward on OpenMP threads; chunk c > 0
+     * accumulates its θ-gradient in part + (c−1)·L·M·P, and the partials are added to the caller's
+     * gradient in chunk order. Results depend on the chunk count only, never on how many
+     * threads actually run, so a run is deterministic for a given count. */
+    int chunks;
+    double *part; /* (chunks−1)·L·M·P + chunks·L */
 } mfres_pnet_work;
 
+/* The chunk count defaults to the OpenMP thread count (omp_get_max_threads(), i.e. OMP_NUM_THREADS),
+ * capped so that each chunk has at least 64 rows. */
 int mfres_pnet_work_alloc(mfres_pnet_work *w, const mfres_pnet *net, int n, const mfres_ode_step_type *method,
                           int substeps);
 void mfres_pnet_work_free(mfres_pnet_work *w);
+/* Sets the chunk count (>= 1; capped at n, and 1 unless Euler with one step per block).
+ * Returns the count in effect, or a negative status (out of memory). */
+int mfres_pnet_work_set_chunks(mfres_pnet_work *w, const mfres_pnet *net, int chunks);
 
 /* Block ℓ's field F_ℓ(X) for n rows of X (n×d) into F (n×d). Z, A: scratch n×M·(d or 1). */
 void mfres_pnet_field(const mfres_pnet *net, int layer, const double *X, int n, double *F, double *Z, double *A);
