@@ -14,12 +14,13 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 gemm=$("$MFRES" bench --gemm --threads "$threads" | sed -n 's/^sgemm_gflops=//p')
 for d in $depths; do
   for r in $(seq "$rounds"); do
-    "$MFRES" bench --model "resnet$d" --block "$block" --mode vanilla --batch "$batch" --input "$input" \
+    /usr/bin/time -a -o "$tmp/rss-mfres-$d" -f '%M' "$MFRES" bench --model "resnet$d" --block "$block" --mode vanilla --batch "$batch" --input "$input" \
       --threads "$threads" --iters "$iters" | tail -1 >> "$tmp/mfres-$d"
-    /usr/bin/python3 bench/resnet_torch.py --depth "$d" --block "$block" --batch "$batch" --input "$input" \
-      --threads "$threads" --iters "$iters" >> "$tmp/torch-$d"
-    /usr/bin/python3 bench/resnet_torch.py --depth "$d" --block "$block" --batch "$batch" --input "$input" \
-      --threads "$threads" --iters "$iters" --channels-last >> "$tmp/torchcl-$d"
+    /usr/bin/time -a -o "$tmp/rss-torch-$d" -f '%M' /usr/bin/python3 bench/resnet_torch.py --depth "$d" \
+      --block "$block" --batch "$batch" --input "$input" --threads "$threads" --iters "$iters" >> "$tmp/torch-$d"
+    /usr/bin/time -a -o "$tmp/rss-torchcl-$d" -f '%M' /usr/bin/python3 bench/resnet_torch.py --depth "$d" \
+      --block "$block" --batch "$batch" --input "$input" --threads "$threads" --iters "$iters" --channels-last \
+      >> "$tmp/torchcl-$d"
   done
 done
 flops() { "$MFRES" bench --model "resnet$1" --batch 1 --input "$input" --iters 1 --warmup 0 --threads 1 \
@@ -41,4 +42,10 @@ for d in $depths; do
       -v best="$best" -v f="$fwd" -v k="$mult" -v g="$gemm" \
       'BEGIN { gf = am * f * k / 1e9; printf "%-10s %-9s %-22s %-22s %-22s %6.2fx %9.1f %6.1f%%\n", m, p, a, b, c, am / best, gf, 100 * gf / g }'
   done
+done
+median_mib() { sort -n "$1" | awk '{ a[NR] = $1 } END { printf "%.0f", a[int((NR + 1) / 2)] / 1024 }'; }
+printf '\npeak resident memory (MiB, median; whole process, training then inference):\n'
+for d in $depths; do
+  printf '  resnet%-4s mfres %s   torch NCHW %s   torch NHWC %s\n' "$d" "$(median_mib "$tmp/rss-mfres-$d")" \
+    "$(median_mib "$tmp/rss-torch-$d")" "$(median_mib "$tmp/rss-torchcl-$d")"
 done

@@ -13,6 +13,7 @@ packages=(
   dataset-fashion-mnist
   python3-torch python3-numpy   # reference implementation for the tests
   gnuplot-nox          # plots
+  time                 # peak-memory measurement in bench/
 )
 
 missing=()

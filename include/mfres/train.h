@@ -40,7 +40,8 @@ typedef struct mfres_train_result {
 
 /* The default job: ResNet-20, mean-field (unit tau), Fashion-MNIST, 1 epoch,
  * lr 0.1 with a per-step cosine decay, momentum 0.9, weight decay 1e-4,
- * batch 128, seed 0. */
+ * seed 0; batch and augmentation from the data set (MNIST: 64, none;
+ * CIFAR: 128, crop + flip). */
 void mfres_train_config_default(mfres_train_config *cfg);
 /* Writes cfg as JSON (the resolved configuration). */
 void mfres_train_config_write_json(const mfres_train_config *cfg, FILE *fp);
