@@ -106,9 +106,6 @@ void nn_batchnorm_free(nn_batchnorm *bn);
  * backward pass: 1 byte instead of re-reading 4 bytes of activation from memory. */
 void nn_residual_forward(float *out, unsigned char *mask, const float *shortcut, const float *branch, float h,
                          bool relu, size_t n);
-/* g = dout * act'(out); writes dbranch = h*g, dshortcut = g (may alias dout) and returns dh = <g, branch>. */
-double nn_residual_backward(float *dshortcut, float *dbranch, const float *dout, const float *out,
-                            const float *branch, float h, bool relu, size_t n);
 /* dst += src */
 void nn_add_inplace(float *dst, const float *src, size_t n);
 /* g *= mask, in place: ReLU's backward from the mask nn_residual_forward recorded. */

@@ -1,9 +1,11 @@
 /* The residual add with a per-block step h, and the option-A shortcut.
  *
- * out = act(shortcut + h * branch) is the one place where Algorithm 1 touches
- * the network: h = tau^l - tau^(l-1) scales each block's branch, and the
- * backward pass returns dE/dh = <g, branch>, from which the tau gradients are
- * assembled. One pass each way, whatever the (shared) layout. */
+ * out = act(shortcut + h * branch) is where Algorithm 1 touches the network:
+ * h = tau^l - tau^(l-1) scales each block's branch. Its backward needs no pass
+ * of its own: the model folds h into the branch's last batch norm (post-
+ * activation) or into the gradient scale (pre-activation) and gets dE/dh from
+ * small per-channel or per-weight sums (see src/models/resnet.c,
+ * block_backward); only the output ReLU's mask is applied here. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,44 +30,6 @@ void nn_residual_forward(float *out, unsigned char *mask, const float *shortcut,
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) out[i] = shortcut[i] + h * branch[i];
     }
-}
-
-double nn_residual_backward(float *dshortcut, float *dbranch, const float *dout, const float *out,
-                            const float *branch, float h, bool relu, size_t n) {
-    /* dh is summed in fixed chunks, then the chunks in order: the result does
-     * not depend on the thread count or on which thread finishes first. Within
-     * a chunk, LANES independent partial sums let the compiler vectorise the
-     * reduction (a single running sum is one long dependency chain, and was
-     * 6x slower than the forward pass over the same data). */
-    enum { CHUNK = 16384, LANES = 16 };
-    size_t n_chunks = (n + CHUNK - 1) / CHUNK;
-    double partial_stack[256];
-    double *partial = n_chunks <= 256 ? partial_stack : malloc(n_chunks * sizeof(double));
-#pragma omp parallel for schedule(static)
-    for (size_t k = 0; k < n_chunks; k++) {
-        size_t begin = k * CHUNK, end = (k + 1) * CHUNK < n ? (k + 1) * CHUNK : n, i = begin;
-        float lane[LANES] = {0};
-        for (; i + LANES <= end; i += LANES)
-            for (int j = 0; j < LANES; j++) {
-                float g = (!relu || out[i + j] > 0.0f) ? dout[i + j] : 0.0f;
-                lane[j] += g * branch[i + j];
-                dbranch[i + j] = h * g;
-                dshortcut[i + j] = g;
-            }
-        double acc = 0.0;
-        for (; i < end; i++) {
-            float g = (!relu || out[i] > 0.0f) ? dout[i] : 0.0f;
-            acc += (double)g * branch[i];
-            dbranch[i] = h * g;
-            dshortcut[i] = g;
-        }
-        for (int j = 0; j < LANES; j++) acc += lane[j];
-        partial[k] = acc;
-    }
-    double dh = 0.0;
-    for (size_t k = 0; k < n_chunks; k++) dh += partial[k];
-    if (partial != partial_stack) free(partial);
-    return dh;
 }
 
 void nn_add_inplace(float *dst, const float *src, size_t n) {

@@ -1,0 +1,281 @@
+/* Every fast-path layer (src/nn/nn.h: oneDNN and the OpenMP loops) against
+ * its double-precision reference kernel (src/nn/ref.h), forward and backward,
+ * on the layouts the model uses (blocked nChw{8,16}c activations, plain NCHW
+ * input). The reference kernels are themselves checked against finite
+ * differences in test_ref_kernels.c. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/nn.h"
+#include "nn/ref.h"
+#include "testutil.h"
+
+static nn_ctx ctx;
+static void setup(void) { ck_assert_ok(nn_ctx_init(&ctx)); }
+static void teardown(void) { nn_ctx_free(&ctx); }
+
+static double *randn(size_t n, uint64_t seed) {
+    mfres_rng rng;
+    mfres_rng_seed(&rng, seed);
+    double *x = malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) x[i] = mfres_rng_normal(&rng);
+    return x;
+}
+
+static size_t blocked_index(int n, int c, int hw, int C, int HW, int B) {
+    return (((size_t)n * (C / B) + c / B) * HW + hw) * B + c % B;
+}
+/* NCHW double -> blocked float, and back. */
+static float *to_blocked(const double *x, int N, int C, int HW) {
+    float *y = mfres_alloc((size_t)N * C * HW * sizeof(float), "test");
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            for (int p = 0; p < HW; p++) y[blocked_index(n, c, p, C, HW, ctx.block)] = (float)x[((size_t)n * C + c) * HW + p];
+    return y;
+}
+static double *from_blocked(const float *y, int N, int C, int HW) {
+    double *x = malloc((size_t)N * C * HW * sizeof(double));
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            for (int p = 0; p < HW; p++) x[((size_t)n * C + c) * HW + p] = y[blocked_index(n, c, p, C, HW, ctx.block)];
+    return x;
+}
+static float *to_float(const double *x, size_t n) {
+    float *y = mfres_alloc(n * sizeof(float), "test");
+    for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
+    return y;
+}
+static double *to_double(const float *y, size_t n) {
+    double *x = malloc(n * sizeof(double));
+    for (size_t i = 0; i < n; i++) x[i] = y[i];
+    return x;
+}
+#define ASSERT_CLOSE(what, got, want, n, tol)                                          \
+    do {                                                                               \
+        double err_ = test_rel_err_f64(got, want, n);                                  \
+        ck_assert_msg(err_ <= (tol), "%s: relative error %.3g > %.1g", what, err_, (double)(tol)); \
+    } while (0)
+
+/* ---- convolution ---- */
+static void check_conv(int N, int C, int H, int W, int K, int R, int stride, int pad, bool plain_src) {
+    int OH = (H + 2 * pad - R) / stride + 1, OW = (W + 2 * pad - R) / stride + 1;
+    size_t n_in = (size_t)N * C * H * W, n_out = (size_t)N * K * OH * OW, n_w = (size_t)K * C * R * R;
+    double *x = randn(n_in, 1), *w = randn(n_w, 2), *dy = randn(n_out, 3);
+    dnnl_memory_desc_t md_in = plain_src ? nn_md_nchw(N, C, H, W) : nn_md_blocked(&ctx, N, C, H, W);
+    dnnl_memory_desc_t md_out = nn_md_blocked(&ctx, N, K, OH, OW);
+    nn_conv2d conv;
+    ck_assert_ok(nn_conv2d_init(&conv, &ctx, N, C, H, W, K, R, R, stride, pad, &md_in, &md_out, !plain_src));
+    float *xf = plain_src ? to_float(x, n_in) : to_blocked(x, N, C, H * W), *wf = to_float(w, n_w);
+    float *dwf = mfres_alloc(n_w * sizeof(float), "test"), *yf = mfres_alloc(n_out * sizeof(float), "test");
+    float *dyf = to_blocked(dy, N, K, OH * OW), *dxf = mfres_alloc(n_in * sizeof(float), "test");
+    dnnl_memory_t mx, my, mdy, mdx;
+    ck_assert_ok(nn_memory_wrap(&mx, &ctx, &md_in, xf));
+    ck_assert_ok(nn_memory_wrap(&my, &ctx, &md_out, yf));
+    ck_assert_ok(nn_memory_wrap(&mdy, &ctx, &md_out, dyf));
+    ck_assert_ok(nn_memory_wrap(&mdx, &ctx, &md_in, dxf));
+    nn_conv2d_bind(&conv, wf, dwf);
+    ck_assert_ok(nn_conv2d_prepare(&conv, &ctx));
+    ck_assert_ok(nn_conv2d_forward(&conv, &ctx, my, mx));
+    ck_assert_ok(nn_conv2d_backward_weights(&conv, &ctx, mx, mdy));
+
+    double *y = calloc(n_out, sizeof(double)), *dw = calloc(n_w, sizeof(double)), *dx = calloc(n_in, sizeof(double));
+    ref_conv2d_forward(y, x, w, N, C, H, W, K, R, R, stride, pad);
+    ref_conv2d_backward_weights(dw, dy, x, N, C, H, W, K, R, R, stride, pad);
+    double *yg = from_blocked(yf, N, K, OH * OW), *dwg = to_double(dwf, n_w);
+    ASSERT_CLOSE("conv forward", yg, y, n_out, 2e-5);
+    ASSERT_CLOSE("conv backward weights", dwg, dw, n_w, 2e-5);
+    if (!plain_src) {
+        ck_assert_ok(nn_conv2d_backward_data(&conv, &ctx, mdx, mdy));
+        ref_conv2d_backward_data(dx, dy, w, N, C, H, W, K, R, R, stride, pad);
+        double *dxg = from_blocked(dxf, N, C, H * W);
+        ASSERT_CLOSE("conv backward data", dxg, dx, n_in, 2e-5);
+        free(dxg);
+    }
+    dnnl_memory_destroy(mx), dnnl_memory_destroy(my), dnnl_memory_destroy(mdy), dnnl_memory_destroy(mdx);
+    nn_conv2d_free(&conv);
+    mfres_free(xf), mfres_free(wf), mfres_free(dwf), mfres_free(yf), mfres_free(dyf), mfres_free(dxf);
+    free(x), free(w), free(dy), free(y), free(dw), free(dx), free(yg), free(dwg);
+}
+START_TEST(conv3x3_stride1) { check_conv(4, 16, 12, 10, 32, 3, 1, 1, false); }
+END_TEST
+START_TEST(conv3x3_stride2) { check_conv(4, 16, 12, 12, 32, 3, 2, 1, false); }
+END_TEST
+START_TEST(conv1x1_stride1) { check_conv(3, 32, 8, 8, 16, 1, 1, 0, false); }
+END_TEST
+START_TEST(conv1x1_stride2) { check_conv(3, 16, 8, 8, 32, 1, 2, 0, false); }
+END_TEST
+START_TEST(conv3x3_plain_input) { check_conv(4, 3, 16, 16, 16, 3, 1, 1, true); }
+END_TEST
+
+/* ---- batch norm (+ fused ReLU) ---- */
+static void check_batchnorm(bool relu) {
+    int N = 4, C = 32, H = 6, W = 5, HW = H * W;
+    size_t n = (size_t)N * C * HW;
+    double *x = randn(n, 4), *dy = randn(n, 5), *g = randn(C, 6), *b = randn(C, 7);
+    for (size_t i = 0; i < n; i++) x[i] = 0.5 + 2.0 * x[i];
+    dnnl_memory_desc_t md = nn_md_blocked(&ctx, N, C, H, W);
+    nn_batchnorm bn;
+    ck_assert_ok(nn_batchnorm_init(&bn, &ctx, N, C, H, W, relu, 1e-5f, &md));
+    float *xf = to_blocked(x, N, C, HW), *yf = mfres_alloc(n * 4, "t"), *dyf = to_blocked(dy, N, C, HW);
+    float *dxf = mfres_alloc(n * 4, "t"), *gf = to_float(g, C), *bf = to_float(b, C);
+    float *dg = mfres_alloc(C * 4, "t"), *db = mfres_alloc(C * 4, "t"), *rm = mfres_alloc(C * 4, "t");
+    float *rv = mfres_alloc(C * 4, "t"), *mean = mfres_alloc(C * 4, "t"), *var = mfres_alloc(C * 4, "t");
+    void *ws = mfres_alloc(bn.workspace_bytes + 1, "t");
+    for (int c = 0; c < C; c++) rv[c] = 1.0f;
+    dnnl_memory_t mx, my, mdy, mdx;
+    ck_assert_ok(nn_memory_wrap(&mx, &ctx, &md, xf));
+    ck_assert_ok(nn_memory_wrap(&my, &ctx, &md, yf));
+    ck_assert_ok(nn_memory_wrap(&mdy, &ctx, &md, dyf));
+    ck_assert_ok(nn_memory_wrap(&mdx, &ctx, &md, dxf));
+    nn_batchnorm_bind(&bn, gf, bf, dg, db, rm, rv, mean, var, ws);
+    ck_assert_ok(nn_batchnorm_forward_train(&bn, &ctx, my, mx, 0.1f));
+    ck_assert_ok(nn_batchnorm_backward(&bn, &ctx, mdx, mdy, mx));
+
+    double *y = calloc(n, 8), *m = calloc(C, 8), *rs = calloc(C, 8), *dx = calloc(n, 8), *dyr = calloc(n, 8);
+    double *dgr = calloc(C, 8), *dbr = calloc(C, 8);
+    ref_batchnorm_forward(y, m, rs, x, g, b, N, C, HW, 1e-5);
+    if (relu) {
+        ref_relu_forward(y, y, (long)n);
+        ref_relu_backward(dyr, dy, y, (long)n);
+    } else {
+        memcpy(dyr, dy, n * 8);
+    }
+    ref_batchnorm_backward(dx, dgr, dbr, dyr, x, g, m, rs, N, C, HW);
+    double *yg = from_blocked(yf, N, C, HW), *dxg = from_blocked(dxf, N, C, HW);
+    double *dgg = to_double(dg, C), *dbg = to_double(db, C);
+    ASSERT_CLOSE("batch norm forward", yg, y, n, 1e-5);
+    ASSERT_CLOSE("batch norm backward data", dxg, dx, n, 1e-4);
+    ASSERT_CLOSE("batch norm dgamma", dgg, dgr, C, 1e-5);
+    ASSERT_CLOSE("batch norm dbeta", dbg, dbr, C, 1e-5);
+    /* Running statistics as PyTorch: 0.9 * old + 0.1 * batch, unbiased variance. */
+    double count = (double)N * HW;
+    for (int c = 0; c < C; c++) {
+        double var_b = 1.0 / (rs[c] * rs[c]) - 1e-5;
+        ck_assert_msg(fabs(rm[c] - 0.1 * m[c]) < 1e-5, "running mean %d", c);
+        ck_assert_msg(fabs(rv[c] - (0.9 + 0.1 * var_b * count / (count - 1))) < 1e-4, "running var %d", c);
+    }
+    /* Inference with the running statistics. */
+    double *rmd = to_double(rm, C), *rvd = to_double(rv, C), *yi = calloc(n, 8);
+    ck_assert_ok(nn_batchnorm_forward_infer(&bn, &ctx, my, mx));
+    ref_batchnorm_forward_inference(yi, x, g, b, rmd, rvd, N, C, HW, 1e-5);
+    if (relu) ref_relu_forward(yi, yi, (long)n);
+    double *yig = from_blocked(yf, N, C, HW);
+    ASSERT_CLOSE("batch norm inference", yig, yi, n, 1e-5);
+
+    dnnl_memory_destroy(mx), dnnl_memory_destroy(my), dnnl_memory_destroy(mdy), dnnl_memory_destroy(mdx);
+    nn_batchnorm_free(&bn);
+    void *fl[] = {xf, yf, dyf, dxf, gf, bf, dg, db, rm, rv, mean, var, ws};
+    for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++) mfres_free(fl[i]);
+    void *dl[] = {x, dy, g, b, y, m, rs, dx, dyr, dgr, dbr, yg, dxg, dgg, dbg, rmd, rvd, yi, yig};
+    for (size_t i = 0; i < sizeof dl / sizeof dl[0]; i++) free(dl[i]);
+}
+START_TEST(batchnorm_plain) { check_batchnorm(false); }
+END_TEST
+START_TEST(batchnorm_fused_relu) { check_batchnorm(true); }
+END_TEST
+
+/* ---- the loops: residual, shortcut, pool, linear, softmax cross-entropy ---- */
+START_TEST(residual_and_relu_mask) {
+    size_t n = 5000;
+    double *sc = randn(n, 8), *br = randn(n, 9), *dy = randn(n, 10), h = 0.37;
+    float *scf = to_float(sc, n), *brf = to_float(br, n), *out = mfres_alloc(n * 4, "t");
+    unsigned char *mask = mfres_alloc(n, "t");
+    for (int relu = 0; relu <= 1; relu++) {
+        double *o = calloc(n, 8), *dsc = calloc(n, 8), *dbr = calloc(n, 8), dh = 0;
+        ref_residual_forward(o, sc, br, h, relu, (long)n);
+        ref_residual_backward(dsc, dbr, &dh, dy, o, br, h, relu, (long)n);
+        nn_residual_forward(out, relu ? mask : NULL, scf, brf, (float)h, relu, n);
+        double *og = to_double(out, n);
+        ASSERT_CLOSE("residual forward", og, o, n, 1e-6);
+        if (relu) { /* the ReLU's backward from the recorded mask is the reference's shortcut gradient */
+            float *g = to_float(dy, n);
+            nn_relu_backward_inplace(g, mask, n);
+            double *gd = to_double(g, n);
+            ASSERT_CLOSE("relu backward from mask", gd, dsc, n, 1e-7);
+            mfres_free(g), free(gd);
+        }
+        free(o), free(dsc), free(dbr), free(og);
+    }
+    free(sc), free(br), free(dy), mfres_free(scf), mfres_free(brf), mfres_free(out), mfres_free(mask);
+}
+END_TEST
+
+START_TEST(shortcut_a_blocked) {
+    int N = 3, C = 16, H = 8, W = 6;
+    size_t n_in = (size_t)N * C * H * W, n_out = (size_t)N * 2 * C * (H / 2) * (W / 2);
+    double *x = randn(n_in, 11), *dy = randn(n_out, 12), *y = calloc(n_out, 8), *dx = calloc(n_in, 8);
+    ref_shortcut_a_forward(y, x, N, C, H, W);
+    ref_shortcut_a_backward(dx, dy, N, C, H, W);
+    float *xf = to_blocked(x, N, C, H * W), *yf = mfres_alloc(n_out * 4, "t"), *dyf = to_blocked(dy, N, 2 * C, H * W / 4);
+    float *dxf = mfres_alloc(n_in * 4, "t");
+    nn_shortcut_a_forward(yf, xf, N, C, H, W, ctx.block);
+    nn_shortcut_a_backward_add(dxf, dyf, N, C, H, W, ctx.block);
+    double *yg = from_blocked(yf, N, 2 * C, H * W / 4), *dxg = from_blocked(dxf, N, C, H * W);
+    ASSERT_CLOSE("shortcut A forward", yg, y, n_out, 1e-7);
+    ASSERT_CLOSE("shortcut A backward", dxg, dx, n_in, 1e-7);
+    free(x), free(dy), free(y), free(dx), free(yg), free(dxg);
+    mfres_free(xf), mfres_free(yf), mfres_free(dyf), mfres_free(dxf);
+}
+END_TEST
+
+START_TEST(pool_linear_softmax) {
+    int N = 5, C = 32, HW = 9, K = 7;
+    double *x = randn((size_t)N * C * HW, 13), *w = randn((size_t)K * C, 14), *b = randn(K, 15);
+    double *pooled = calloc(N * C, 8), *logits = calloc(N * K, 8), *probs = calloc(N * K, 8);
+    int labels[] = {1, 6, -1, 0, 3}, correct_ref;
+    ref_avgpool_forward(pooled, x, N, C, HW);
+    ref_linear_forward(logits, pooled, w, b, N, C, K);
+    double loss_ref = ref_softmax_xent_forward(probs, &correct_ref, logits, labels, N, K);
+    double *dlogits = calloc(N * K, 8), *dpooled = calloc(N * C, 8), *dw = calloc(K * C, 8), *db = calloc(K, 8);
+    double *dx = calloc((size_t)N * C * HW, 8);
+    ref_softmax_xent_backward(dlogits, probs, labels, N, K);
+    ref_linear_backward(dpooled, dw, db, dlogits, pooled, w, N, C, K);
+    ref_avgpool_backward(dx, dpooled, N, C, HW);
+
+    float *xf = to_blocked(x, N, C, HW), *wf = to_float(w, K * C), *bf = to_float(b, K);
+    float *pf = mfres_alloc(N * C * 4, "t"), *lf = mfres_alloc(N * K * 4, "t"), *prf = mfres_alloc(N * K * 4, "t");
+    float *dlf = mfres_alloc(N * K * 4, "t"), *dpf = mfres_alloc(N * C * 4, "t"), *dwf = mfres_alloc(K * C * 4, "t");
+    float *dbf = mfres_alloc(K * 4, "t"), *dxf = mfres_alloc((size_t)N * C * HW * 4, "t");
+    double loss_sum;
+    int correct, valid;
+    nn_avgpool_forward(pf, xf, N, C, HW, ctx.block);
+    nn_linear_forward(lf, pf, wf, bf, N, C, K);
+    nn_softmax_xent_forward(prf, &loss_sum, &correct, &valid, lf, labels, N, K);
+    ck_assert_int_eq(valid, 4);
+    ck_assert_int_eq(correct, correct_ref);
+    ck_assert_msg(fabs(loss_sum / valid - loss_ref) < 1e-5 * loss_ref, "loss %.8g vs %.8g", loss_sum / valid, loss_ref);
+    nn_softmax_xent_backward(dlf, prf, labels, N, K);
+    nn_linear_backward(dpf, dwf, dbf, dlf, pf, wf, N, C, K);
+    nn_avgpool_backward(dxf, dpf, N, C, HW, ctx.block);
+    double *pg = to_double(pf, N * C), *dwg = to_double(dwf, K * C), *dbg = to_double(dbf, K);
+    double *dxg = from_blocked(dxf, N, C, HW);
+    ASSERT_CLOSE("avgpool forward", pg, pooled, N * C, 1e-6);
+    ASSERT_CLOSE("linear dw", dwg, dw, K * C, 1e-5);
+    ASSERT_CLOSE("linear db", dbg, db, K, 1e-5);
+    ASSERT_CLOSE("avgpool+linear+softmax backward", dxg, dx, (size_t)N * C * HW, 1e-5);
+    void *dl[] = {x, w, b, pooled, logits, probs, dlogits, dpooled, dw, db, dx, pg, dwg, dbg, dxg};
+    for (size_t i = 0; i < sizeof dl / sizeof dl[0]; i++) free(dl[i]);
+    void *fl[] = {xf, wf, bf, pf, lf, prf, dlf, dpf, dwf, dbf, dxf};
+    for (size_t i = 0; i < sizeof fl / sizeof fl[0]; i++) mfres_free(fl[i]);
+}
+END_TEST
+
+static Suite *make_suite(void) {
+    Suite *s = suite_create("layers");
+    TCase *tc = tcase_create("onednn_vs_reference");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, conv3x3_stride1);
+    tcase_add_test(tc, conv3x3_stride2);
+    tcase_add_test(tc, conv1x1_stride1);
+    tcase_add_test(tc, conv1x1_stride2);
+    tcase_add_test(tc, conv3x3_plain_input);
+    tcase_add_test(tc, batchnorm_plain);
+    tcase_add_test(tc, batchnorm_fused_relu);
+    tcase_add_test(tc, residual_and_relu_mask);
+    tcase_add_test(tc, shortcut_a_blocked);
+    tcase_add_test(tc, pool_linear_softmax);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+MFRES_TEST_MAIN(make_suite)
