@@ -73,7 +73,7 @@ typedef struct mfres_model {
     float *h;
 
     double forward_flops;  /* per image */
-    size_t activation_bytes, workspace_bytes;
+    size_t activation_bytes; /* the arena: activations, saved state, gradient scratch */
     struct resnet_impl *impl;
 } mfres_model;
 

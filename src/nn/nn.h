@@ -102,8 +102,8 @@ void nn_batchnorm_free(nn_batchnorm *bn);
 
 /* ---- plain loops (any layout where noted) ---- */
 /* out = act(shortcut + h * branch); elementwise, so any layout shared by all three.
- * With relu and a non-NULL mask, also records mask[i] = (out[i] > 0) for the
- * backward pass: 1 byte instead of re-reading 4 bytes of activation from memory. */
+ * With relu it also records mask[i] = (out[i] > 0) for the backward pass: 1 byte
+ * instead of re-reading 4 bytes of activation from memory. mask may be NULL without relu. */
 void nn_residual_forward(float *out, unsigned char *mask, const float *shortcut, const float *branch, float h,
                          bool relu, size_t n);
 /* dst += src */

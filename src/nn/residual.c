@@ -13,17 +13,11 @@
 
 void nn_residual_forward(float *out, unsigned char *mask, const float *shortcut, const float *branch, float h,
                          bool relu, size_t n) {
-    if (relu && mask) {
+    if (relu) {
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) {
             float v = shortcut[i] + h * branch[i];
             mask[i] = v > 0.0f;
-            out[i] = v > 0.0f ? v : 0.0f;
-        }
-    } else if (relu) {
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            float v = shortcut[i] + h * branch[i];
             out[i] = v > 0.0f ? v : 0.0f;
         }
     } else {
