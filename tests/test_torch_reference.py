@@ -393,11 +393,13 @@ def cases():
                 if mode == "meanfield":
                     c["tau-init"] = "grid"
                 out.append(c)
-    # Other inputs and optimiser settings: a 1x28x28 input with 32x32-style
-    # batch, nesterov, a tau learning-rate multiplier, unit tau; a deeper net
-    # (4 particles per stage, reversed) for the sort.
-    out.append(dict(base, name="d20-postact-meanfield-1x28x28-unit", depth=20, block="postact", mode="meanfield",
-                    **{"tau-init": "unit"}, input="1x28x28", batch=12, seed=11, nesterov=1, **{"tau-lr-mult": 0.5}))
+    # Other inputs and optimiser settings: a one-channel input whose size is
+    # not a power of two, nesterov, a tau learning-rate multiplier, unit tau; a
+    # deeper net (4 particles per stage, reversed) for the sort. (Small maps
+    # keep the number of ReLU inputs within float32 reach of zero low: at
+    # 1x28x28, batch 12, the AVX2 kernels put several on the other side.)
+    out.append(dict(base, name="d20-postact-meanfield-1x20x20-unit", depth=20, block="postact", mode="meanfield",
+                    **{"tau-init": "unit"}, input="1x20x20", batch=8, seed=11, nesterov=1, **{"tau-lr-mult": 0.5}))
     out.append(dict(base, name="d20-preact-vanilla-3x32x32", depth=20, block="preact", mode="vanilla",
                     input="3x32x32", batch=8, seed=12, nesterov=1))
     out.append(dict(base, name="d32-preact-meanfield-grid", depth=32, block="preact", mode="meanfield",
