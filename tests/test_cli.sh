@@ -56,6 +56,18 @@ expect_exit 1 "NaN loss stops with the step" "global step 14" $MFRES train "${co
 cmp -s "$tmp/one/model.safetensors" "$tmp/nan/model.safetensors"; check "NaN stop keeps the last good model" $?
 [ -z "$(ls "$tmp/nan" | grep tmp)" ]; check "no temporary files left behind" $?
 
+# Resume: a run stopped in epoch 2 (NaN) and resumed finishes bit-identical to an unbroken run.
+$MFRES train "${common[@]}" --epochs 3 --seed 5 --out "$tmp/full" >/dev/null 2>&1
+$MFRES train "${common[@]}" --epochs 3 --seed 5 --out "$tmp/res" --inject-nan-step 20 >/dev/null 2>&1
+$MFRES train "${common[@]}" --epochs 3 --seed 5 --out "$tmp/res" --resume >/dev/null 2>&1
+cmp -s "$tmp/full/model.safetensors" "$tmp/res/model.safetensors" && [ -s "$tmp/res/metrics.jsonl" ] &&
+  [ "$(strip "$tmp/full/metrics.jsonl")" = "$(strip "$tmp/res/metrics.jsonl")" ]
+check "resume after a stop is bit-identical to an unbroken run" $?
+cp "$tmp/res/config.json" "$tmp/config.before"
+expect_exit 1 "resume with other flags is refused" "different run" \
+  $MFRES train "${common[@]}" --epochs 3 --seed 6 --out "$tmp/res" --resume
+cmp -s "$tmp/config.before" "$tmp/res/config.json"; check "a refused resume leaves the run's files alone" $?
+
 # eval reproduces the test accuracy recorded in training (same test images, running statistics).
 acc_train=$(tail -1 "$tmp/a/metrics.jsonl" | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
 $MFRES eval --model-file "$tmp/a/model.safetensors" --batch 64 --threads 2 > "$tmp/eval.txt" 2>&1

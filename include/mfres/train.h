@@ -29,6 +29,7 @@ typedef struct mfres_train_config {
     int progress;              /* -1: bar on a terminal, lines otherwise; 0: lines; 1: bar */
     bool quiet;                /* no model summary, no progress */
     long inject_nan_step;      /* testing aid: poison the loss at this global step (0: never) */
+    bool resume;               /* continue from out_dir/state.safetensors if it exists */
 } mfres_train_config;
 
 typedef struct mfres_train_result {

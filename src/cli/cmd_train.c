@@ -37,6 +37,8 @@ static void print_help(void) {
            "  --seed N              [0]\n"
            "  --threads N           [all cores]\n"
            "  --out DIR             run directory [runs/<data>-resnet<depth>-<mode>]\n"
+           "  --resume              continue the run in --out from its last complete epoch (same flags;\n"
+           "                        --epochs may be raised); the result is bit-identical to an unbroken run\n"
            "  --progress bar|lines  [bar on a terminal, lines otherwise]\n"
            "  --quiet               only the final summary line\n"
            "\n"
@@ -76,6 +78,8 @@ int cmd_train(int argc, char **argv) {
             cfg.flip = 0;
         } else if (!strcmp(argv[i], "--nesterov")) {
             cfg.nesterov = true;
+        } else if (!strcmp(argv[i], "--resume")) {
+            cfg.resume = true;
         } else if (!strcmp(argv[i], "--quiet")) {
             cfg.quiet = true;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--train-limit", &v))) {

@@ -20,6 +20,7 @@
 #include "mfres/meanfield.h"
 #include "mfres/optim.h"
 #include "mfres/progress.h"
+#include "mfres/safetensors.h"
 
 void openblas_set_num_threads(int num_threads);
 
@@ -153,6 +154,128 @@ static int write_config(const mfres_train_config *cfg, const char *dir) {
     return mfres_atomic_commit(&af);
 }
 
+/* ---- resume: DIR/state.safetensors holds everything a run needs to go on
+ * exactly as if it had not stopped: the model's tensors, the momentum
+ * buffers, the epochs and steps done. It is written last in each epoch, so
+ * its presence marks the epoch complete. The data order and augmentation
+ * depend only on (seed, epoch), so a resumed run repeats the same batches. */
+
+enum { STATE_VERSION = 1 };
+
+static void state_meta(mfres_st_meta *meta, int *n, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void state_meta(mfres_st_meta *meta, int *n, const char *key, const char *fmt, ...) {
+    va_list ap;
+    snprintf(meta[*n].key, sizeof meta[*n].key, "%s", key);
+    va_start(ap, fmt);
+    vsnprintf(meta[*n].value, sizeof meta[*n].value, fmt, ap);
+    va_end(ap);
+    (*n)++;
+}
+
+/* What must match between the run that wrote a state and the one resuming it. */
+static void fingerprint(const mfres_train_config *c, const char *data_name, char *buf, size_t cap) {
+    snprintf(buf, cap, "data=%s depth=%d block=%s mode=%s tau_init=%s width=%d batch=%d seed=%llu", data_name,
+             c->model.depth, mfres_block_name(c->model.block), mfres_mode_name(c->model.mode),
+             mfres_tau_init_name(c->model.tau_init), c->model.base_width, c->model.batch,
+             (unsigned long long)c->seed);
+}
+
+static int save_state(const char *dir, const mfres_model *m, const mfres_optimizer *opt, int epochs_done, long steps,
+                      const char *print) {
+    enum { MAX_EXTRA = 2 };
+    mfres_st_write *w = malloc(sizeof *w * (m->n_tensors + MAX_EXTRA));
+    char(*names)[80] = malloc(sizeof *names * m->n_tensors);
+    if (!w || !names) {
+        free(w), free(names);
+        return mfres_fail(MFRES_ENOMEM, "out of memory saving the training state");
+    }
+    int n = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        snprintf(names[i], sizeof names[i], "model.%s", m->tensors[i].name);
+        w[n++] = (mfres_st_write){names[i], m->tensors[i].ndim, m->tensors[i].shape, m->tensors[i].data};
+    }
+    int64_t n_params = (int64_t)m->n_params, n_tau = m->n_tau;
+    w[n++] = (mfres_st_write){"optimizer.velocity", 1, &n_params, opt->velocity};
+    if (n_tau) w[n++] = (mfres_st_write){"optimizer.tau_velocity", 1, &n_tau, opt->tau_velocity};
+    mfres_st_meta meta[5];
+    int n_meta = 0;
+    state_meta(meta, &n_meta, "format", "mfres-train-state");
+    state_meta(meta, &n_meta, "format_version", "%d", STATE_VERSION);
+    state_meta(meta, &n_meta, "epochs_done", "%d", epochs_done);
+    state_meta(meta, &n_meta, "steps", "%ld", steps);
+    state_meta(meta, &n_meta, "run", "%s", print);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/state.safetensors", dir);
+    int rc = mfres_safetensors_save(path, w, n, meta, n_meta);
+    free(w), free(names);
+    return rc;
+}
+
+static int copy_tensor(const mfres_safetensors *st, const char *path, const char *name, float *dst, size_t numel) {
+    const mfres_st_tensor *t = mfres_safetensors_find(st, name);
+    if (!t) return mfres_fail(MFRES_EFORMAT, "%s: tensor '%s' is missing", path, name);
+    if (strcmp(t->dtype, "F32") || t->numel != numel)
+        return mfres_fail(MFRES_EFORMAT, "%s: tensor '%s': expected F32 with %zu elements, found %s with %zu", path,
+                          name, numel, t->dtype, t->numel);
+    memcpy(dst, t->data, numel * sizeof(float));
+    return MFRES_OK;
+}
+
+/* Returns 1 and fills the model and optimiser if DIR/state.safetensors exists,
+ * 0 if there is none, or an error if it exists but does not fit this run. */
+static int load_state(const char *dir, mfres_model *m, mfres_optimizer *opt, int *epochs_done, long *steps,
+                      const char *print) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/state.safetensors", dir);
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return 0;
+    fclose(fp);
+    mfres_safetensors st;
+    int rc = mfres_safetensors_load(&st, path);
+    if (rc) return rc;
+    const char *fmt = mfres_safetensors_meta(&st, "format"), *ver = mfres_safetensors_meta(&st, "format_version");
+    const char *run = mfres_safetensors_meta(&st, "run"), *ep = mfres_safetensors_meta(&st, "epochs_done");
+    const char *sp = mfres_safetensors_meta(&st, "steps");
+    if (!fmt || strcmp(fmt, "mfres-train-state") || !ver || !run || !ep || !sp) {
+        rc = mfres_fail(MFRES_EFORMAT, "%s: not an mfres training state (metadata missing)", path);
+    } else if (atoi(ver) != STATE_VERSION) {
+        rc = mfres_fail(MFRES_EFORMAT, "%s: training state version %s, expected %d", path, ver, STATE_VERSION);
+    } else if (strcmp(run, print)) {
+        rc = mfres_fail(MFRES_EINVAL,
+                        "%s was written by a different run (%s); this run is (%s). HINT: resume with the same "
+                        "flags, or choose another --out",
+                        path, run, print);
+    }
+    char name[80];
+    for (int i = 0; !rc && i < m->n_tensors; i++) {
+        snprintf(name, sizeof name, "model.%s", m->tensors[i].name);
+        rc = copy_tensor(&st, path, name, m->tensors[i].data, m->tensors[i].numel);
+    }
+    if (!rc) rc = copy_tensor(&st, path, "optimizer.velocity", opt->velocity, m->n_params);
+    if (!rc && m->n_tau) rc = copy_tensor(&st, path, "optimizer.tau_velocity", opt->tau_velocity, (size_t)m->n_tau);
+    if (!rc) {
+        *epochs_done = atoi(ep);
+        *steps = atol(sp);
+        mfres_model_sort_blocks(m);
+    }
+    mfres_safetensors_free(&st);
+    return rc ? rc : 1;
+}
+
+/* The first `lines` lines of DIR/metrics.jsonl, into t (a resumed run appends to them). */
+static void read_metrics(const char *dir, int lines, text *t) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *fp = fopen(path, "r");
+    if (!fp) return;
+    char *line = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < lines && getline(&line, &cap, fp) > 0; i++) text_printf(t, "%s", line);
+    free(line);
+    fclose(fp);
+}
+
 int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
     mfres_train_config cfg = *cfg_in;
     memset(res, 0, sizeof *res);
@@ -202,12 +325,29 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
                               .flip = cfg.flip && cfg.augment, .drop_last = true, .seed = cfg.seed,
                               .mean = data.mean, .std = data.std};
     if ((rc = mfres_loader_create(&loader, &train_set, &lc))) goto done;
-    if ((rc = mfres_mkdir_p(cfg.out_dir)) || (rc = write_config(&cfg, cfg.out_dir))) goto done;
+    if ((rc = mfres_mkdir_p(cfg.out_dir))) goto done;
+    char print[512];
+    fingerprint(&cfg, data.name, print, sizeof print);
+    int first_epoch = 0;
+    if (cfg.resume) {
+        rc = load_state(cfg.out_dir, &m, &opt, &first_epoch, &res->steps, print);
+        if (rc < 0) goto done;
+        if (rc == 1) {
+            read_metrics(cfg.out_dir, first_epoch, &metrics);
+            if (show) mfres_log("resuming %s after epoch %d (step %ld)", cfg.out_dir, first_epoch, res->steps);
+        } else if (show) {
+            mfres_log("no training state in %s: starting from scratch", cfg.out_dir);
+        }
+        rc = MFRES_OK;
+    }
+    /* Written after the resume check, so a refused resume leaves the run's files as they were. */
+    if ((rc = write_config(&cfg, cfg.out_dir))) goto done;
     if (show) mfres_log("run directory: %s (threads %d, seed %llu)", cfg.out_dir, cfg.threads,
                         (unsigned long long)cfg.seed);
 
     int batches = mfres_loader_batches_per_epoch(loader);
-    for (int epoch = 0; epoch < cfg.epochs; epoch++) {
+    res->epochs_done = first_epoch;
+    for (int epoch = first_epoch; epoch < cfg.epochs; epoch++) {
         opt.lr = (float)mfres_lr_at_epoch(cfg.lr, cfg.milestones, cfg.n_milestones, cfg.gamma, epoch);
         if ((rc = mfres_loader_start_epoch(loader, epoch))) goto done;
         char label[64];
@@ -272,6 +412,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
         if ((rc = mfres_write_file_atomic(path, metrics.buf, metrics.len))) goto done;
         snprintf(path, sizeof path, "%s/model.safetensors", cfg.out_dir);
         if ((rc = mfres_model_save(&m, path, data.name, data.mean, data.std))) goto done;
+        if ((rc = save_state(cfg.out_dir, &m, &opt, epoch + 1, res->steps, print))) goto done;
     }
     res->total_seconds = mfres_now() - t_start;
     rc = MFRES_OK;
