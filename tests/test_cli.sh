@@ -70,8 +70,10 @@ cmp -s "$tmp/config.before" "$tmp/res/config.json"; check "a refused resume leav
 
 # eval reproduces the test accuracy recorded in training (same test images, running statistics).
 acc_train=$(tail -1 "$tmp/a/metrics.jsonl" | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
-$MFRES eval --model-file "$tmp/a/model.safetensors" --batch 64 --threads 2 > "$tmp/eval.txt" 2>&1
-grep -q "test_acc=" "$tmp/eval.txt"; check "eval runs" $?
+$MFRES eval --model-file "$tmp/a/model.safetensors" --batch 64 --limit 512 --threads 2 > "$tmp/eval.txt" 2>&1
+acc_eval=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval.txt")
+awk -v a="${acc_train:-x}" -v b="${acc_eval:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 1e-4 && b - a < 1e-4) }'
+check "eval of the saved model reproduces training's test accuracy ($acc_train vs ${acc_eval:-none})" $?
 
 # Learning: ResNet-8 on 12,800 Fashion-MNIST images for 400 steps beats 80% test accuracy.
 $MFRES train --model resnet8 --batch 64 --train-limit 12800 --test-limit 2000 --epochs 2 --threads 2 --quiet \

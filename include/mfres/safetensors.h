@@ -50,4 +50,11 @@ const mfres_st_tensor *mfres_safetensors_find(const mfres_safetensors *st, const
 const char *mfres_safetensors_meta(const mfres_safetensors *st, const char *key);
 void mfres_safetensors_free(mfres_safetensors *st);
 
+/* Appends a key and a printf-formatted value to meta[*n] and increments *n. */
+void mfres_st_meta_put(mfres_st_meta *meta, int *n, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Copies tensor `name` (F32, numel elements) into dst; errors name the file (path) and the tensor. */
+int mfres_safetensors_copy_f32(const mfres_safetensors *st, const char *path, const char *name, float *dst,
+                               size_t numel);
+
 #endif

@@ -10,15 +10,17 @@
 
 static void print_help(void) {
     printf("usage: mfres eval --model-file FILE [--data NAME[:PATH]] [--batch N] [--threads N] [--split test|train]\n"
+           "                  [--limit K]\n"
            "\n"
            "Rebuilds the network described in FILE (a model.safetensors written by mfres train),\n"
            "evaluates it with its running batch-norm statistics and prints loss and accuracy.\n"
-           "--data defaults to the data set the model was trained on.\n");
+           "--data defaults to the data set the model was trained on. --limit K evaluates\n"
+           "the first K images only (as mfres train --test-limit does).\n");
 }
 
 int cmd_eval(int argc, char **argv) {
     const char *cmd = "eval", *model_file = NULL, *data_spec = NULL, *split = "test";
-    long batch = 256, threads = 0;
+    long batch = 256, threads = 0, limit = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
         int r;
@@ -39,6 +41,8 @@ int cmd_eval(int argc, char **argv) {
             if (r < 0 || cli_parse_long(cmd, "--batch", v, 1, 65536, &batch)) return 2;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--threads", &v))) {
             if (r < 0 || cli_parse_long(cmd, "--threads", v, 1, 1024, &threads)) return 2;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--limit", &v))) {
+            if (r < 0 || cli_parse_long(cmd, "--limit", v, 1, 1L << 30, &limit)) return 2;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--split", &v))) {
             if (r < 0) return 2;
             if (strcmp(v, "test") && strcmp(v, "train"))
@@ -61,7 +65,9 @@ int cmd_eval(int argc, char **argv) {
         mfres_model_free(&m);
         return cli_runtime_error(cmd);
     }
-    const mfres_dataset *ds = !strcmp(split, "train") ? &data.train : &data.test;
+    mfres_dataset view = !strcmp(split, "train") ? data.train : data.test; /* shallow: shares the pixels */
+    if (limit > 0 && limit < view.n) view.n = (int)limit;
+    const mfres_dataset *ds = &view;
     int rc = MFRES_OK;
     if (ds->c != m.cfg.in_c || ds->h != m.cfg.in_h || ds->w != m.cfg.in_w || ds->num_classes != m.cfg.num_classes)
         rc = mfres_fail(MFRES_EINVAL, "%s expects %dx%dx%d images and %d classes; %s has %dx%dx%d and %d", model_file,

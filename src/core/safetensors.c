@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <stdbool.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -317,4 +318,24 @@ void mfres_safetensors_free(mfres_safetensors *st) {
     free(st->tensors);
     free(st->meta);
     memset(st, 0, sizeof *st);
+}
+
+void mfres_st_meta_put(mfres_st_meta *meta, int *n, const char *key, const char *fmt, ...) {
+    va_list ap;
+    snprintf(meta[*n].key, sizeof meta[*n].key, "%s", key);
+    va_start(ap, fmt);
+    vsnprintf(meta[*n].value, sizeof meta[*n].value, fmt, ap);
+    va_end(ap);
+    (*n)++;
+}
+
+int mfres_safetensors_copy_f32(const mfres_safetensors *st, const char *path, const char *name, float *dst,
+                               size_t numel) {
+    const mfres_st_tensor *t = mfres_safetensors_find(st, name);
+    if (!t) return mfres_fail(MFRES_EFORMAT, "%s: tensor '%s' is missing", path, name);
+    if (strcmp(t->dtype, "F32") || t->numel != numel)
+        return mfres_fail(MFRES_EFORMAT, "%s: tensor '%s': expected F32 with %zu elements, found %s with %zu", path,
+                          name, numel, t->dtype, t->numel);
+    memcpy(dst, t->data, numel * sizeof(float));
+    return MFRES_OK;
 }

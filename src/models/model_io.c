@@ -1,6 +1,5 @@
 /* Model files: safetensors with PyTorch state_dict names, and the
  * architecture in the metadata so `mfres eval` can rebuild the network. */
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,35 +9,25 @@
 
 enum { MAX_META = 24 };
 
-static void put(mfres_st_meta *meta, int *n, const char *key, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void put(mfres_st_meta *meta, int *n, const char *key, const char *fmt, ...) {
-    va_list ap;
-    snprintf(meta[*n].key, sizeof meta[*n].key, "%s", key);
-    va_start(ap, fmt);
-    vsnprintf(meta[*n].value, sizeof meta[*n].value, fmt, ap);
-    va_end(ap);
-    (*n)++;
-}
-
 int mfres_model_save(const mfres_model *m, const char *path, const char *data_name, const float *mean,
                      const float *std) {
     const mfres_model_config *c = &m->cfg;
     mfres_st_meta meta[MAX_META];
     int n = 0;
-    put(meta, &n, "format", "mfres-resnet");
-    put(meta, &n, "format_version", "%d", MFRES_MODEL_FORMAT_VERSION);
-    put(meta, &n, "depth", "%d", c->depth);
-    put(meta, &n, "block", "%s", mfres_block_name(c->block));
-    put(meta, &n, "mode", "%s", mfres_mode_name(c->mode));
-    put(meta, &n, "tau_init", "%s", mfres_tau_init_name(c->tau_init));
-    put(meta, &n, "input", "%dx%dx%d", c->in_c, c->in_h, c->in_w);
-    put(meta, &n, "num_classes", "%d", c->num_classes);
-    put(meta, &n, "base_width", "%d", c->base_width);
-    put(meta, &n, "bn_eps", "%.9g", c->bn_eps);
-    put(meta, &n, "data", "%s", data_name ? data_name : "");
+    mfres_st_meta_put(meta, &n, "format", "mfres-resnet");
+    mfres_st_meta_put(meta, &n, "format_version", "%d", MFRES_MODEL_FORMAT_VERSION);
+    mfres_st_meta_put(meta, &n, "depth", "%d", c->depth);
+    mfres_st_meta_put(meta, &n, "block", "%s", mfres_block_name(c->block));
+    mfres_st_meta_put(meta, &n, "mode", "%s", mfres_mode_name(c->mode));
+    mfres_st_meta_put(meta, &n, "tau_init", "%s", mfres_tau_init_name(c->tau_init));
+    mfres_st_meta_put(meta, &n, "input", "%dx%dx%d", c->in_c, c->in_h, c->in_w);
+    mfres_st_meta_put(meta, &n, "num_classes", "%d", c->num_classes);
+    mfres_st_meta_put(meta, &n, "base_width", "%d", c->base_width);
+    mfres_st_meta_put(meta, &n, "bn_eps", "%.9g", c->bn_eps);
+    mfres_st_meta_put(meta, &n, "data", "%s", data_name ? data_name : "");
     if (mean && std) {
-        put(meta, &n, "norm_mean", "%.9g,%.9g,%.9g", mean[0], mean[1], mean[2]);
-        put(meta, &n, "norm_std", "%.9g,%.9g,%.9g", std[0], std[1], std[2]);
+        mfres_st_meta_put(meta, &n, "norm_mean", "%.9g,%.9g,%.9g", mean[0], mean[1], mean[2]);
+        mfres_st_meta_put(meta, &n, "norm_std", "%.9g,%.9g,%.9g", std[0], std[1], std[2]);
     }
     mfres_st_write *w = malloc(sizeof *w * m->n_tensors);
     if (!w) return mfres_fail(MFRES_ENOMEM, "out of memory saving %s", path);
@@ -98,20 +87,8 @@ int mfres_model_load(mfres_model *m, const char *path, int batch, char *data_nam
     if (eps) c.bn_eps = strtof(eps, NULL);
     c.batch = batch;
     if ((rc = mfres_model_create(m, &c, 0))) goto done;
-    for (int i = 0; i < m->n_tensors; i++) {
-        mfres_tensor *t = &m->tensors[i];
-        const mfres_st_tensor *s = mfres_safetensors_find(&st, t->name);
-        if (!s) {
-            rc = mfres_fail(MFRES_EFORMAT, "%s: tensor '%s' is missing", path, t->name);
-            break;
-        }
-        if (strcmp(s->dtype, "F32") || s->numel != t->numel) {
-            rc = mfres_fail(MFRES_EFORMAT, "%s: tensor '%s': expected F32 with %zu elements, found %s with %zu", path,
-                            t->name, t->numel, s->dtype, s->numel);
-            break;
-        }
-        memcpy(t->data, s->data, t->numel * sizeof(float));
-    }
+    for (int i = 0; !rc && i < m->n_tensors; i++)
+        rc = mfres_safetensors_copy_f32(&st, path, m->tensors[i].name, m->tensors[i].data, m->tensors[i].numel);
     if (rc) {
         mfres_model_free(m);
         goto done;

@@ -162,17 +162,6 @@ static int write_config(const mfres_train_config *cfg, const char *dir) {
 
 enum { STATE_VERSION = 1 };
 
-static void state_meta(mfres_st_meta *meta, int *n, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void state_meta(mfres_st_meta *meta, int *n, const char *key, const char *fmt, ...) {
-    va_list ap;
-    snprintf(meta[*n].key, sizeof meta[*n].key, "%s", key);
-    va_start(ap, fmt);
-    vsnprintf(meta[*n].value, sizeof meta[*n].value, fmt, ap);
-    va_end(ap);
-    (*n)++;
-}
-
 /* What must match between the run that wrote a state and the one resuming it. */
 static void fingerprint(const mfres_train_config *c, const char *data_name, char *buf, size_t cap) {
     snprintf(buf, cap, "data=%s depth=%d block=%s mode=%s tau_init=%s width=%d batch=%d seed=%llu", data_name,
@@ -200,26 +189,16 @@ static int save_state(const char *dir, const mfres_model *m, const mfres_optimiz
     if (n_tau) w[n++] = (mfres_st_write){"optimizer.tau_velocity", 1, &n_tau, opt->tau_velocity};
     mfres_st_meta meta[5];
     int n_meta = 0;
-    state_meta(meta, &n_meta, "format", "mfres-train-state");
-    state_meta(meta, &n_meta, "format_version", "%d", STATE_VERSION);
-    state_meta(meta, &n_meta, "epochs_done", "%d", epochs_done);
-    state_meta(meta, &n_meta, "steps", "%ld", steps);
-    state_meta(meta, &n_meta, "run", "%s", print);
+    mfres_st_meta_put(meta, &n_meta, "format", "mfres-train-state");
+    mfres_st_meta_put(meta, &n_meta, "format_version", "%d", STATE_VERSION);
+    mfres_st_meta_put(meta, &n_meta, "epochs_done", "%d", epochs_done);
+    mfres_st_meta_put(meta, &n_meta, "steps", "%ld", steps);
+    mfres_st_meta_put(meta, &n_meta, "run", "%s", print);
     char path[4200];
     snprintf(path, sizeof path, "%s/state.safetensors", dir);
     int rc = mfres_safetensors_save(path, w, n, meta, n_meta);
     free(w), free(names);
     return rc;
-}
-
-static int copy_tensor(const mfres_safetensors *st, const char *path, const char *name, float *dst, size_t numel) {
-    const mfres_st_tensor *t = mfres_safetensors_find(st, name);
-    if (!t) return mfres_fail(MFRES_EFORMAT, "%s: tensor '%s' is missing", path, name);
-    if (strcmp(t->dtype, "F32") || t->numel != numel)
-        return mfres_fail(MFRES_EFORMAT, "%s: tensor '%s': expected F32 with %zu elements, found %s with %zu", path,
-                          name, numel, t->dtype, t->numel);
-    memcpy(dst, t->data, numel * sizeof(float));
-    return MFRES_OK;
 }
 
 /* Returns 1 and fills the model and optimiser if DIR/state.safetensors exists,
@@ -250,10 +229,10 @@ static int load_state(const char *dir, mfres_model *m, mfres_optimizer *opt, int
     char name[80];
     for (int i = 0; !rc && i < m->n_tensors; i++) {
         snprintf(name, sizeof name, "model.%s", m->tensors[i].name);
-        rc = copy_tensor(&st, path, name, m->tensors[i].data, m->tensors[i].numel);
+        rc = mfres_safetensors_copy_f32(&st, path, name, m->tensors[i].data, m->tensors[i].numel);
     }
-    if (!rc) rc = copy_tensor(&st, path, "optimizer.velocity", opt->velocity, m->n_params);
-    if (!rc && m->n_tau) rc = copy_tensor(&st, path, "optimizer.tau_velocity", opt->tau_velocity, (size_t)m->n_tau);
+    if (!rc) rc = mfres_safetensors_copy_f32(&st, path, "optimizer.velocity", opt->velocity, m->n_params);
+    if (!rc && m->n_tau) rc = mfres_safetensors_copy_f32(&st, path, "optimizer.tau_velocity", opt->tau_velocity, (size_t)m->n_tau);
     if (!rc) {
         *epochs_done = atoi(ep);
         *steps = atol(sp);
