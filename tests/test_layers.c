@@ -98,6 +98,51 @@ static void check_conv(int N, int C, int H, int W, int K, int R, int stride, int
 }
 START_TEST(conv3x3_stride1) { check_conv(4, 16, 12, 10, 32, 3, 1, 1, false); }
 END_TEST
+/* Equal channel counts: the shapes where nn_conv_algorithm picks Winograd on AVX-512 machines. */
+START_TEST(conv3x3_stride1_16_channels) { check_conv(4, 16, 12, 12, 16, 3, 1, 1, false); }
+END_TEST
+START_TEST(conv3x3_stride1_32_channels) { check_conv(3, 32, 8, 8, 32, 3, 1, 1, false); }
+END_TEST
+
+/* ---- inference convolution: bias, then sum and ReLU post-ops ---- */
+static void check_conv_infer(int N, int C, int H, int K, int stride, bool sum, bool relu) {
+    int OH = (H + 2 - 3) / stride + 1;
+    size_t n_in = (size_t)N * C * H * H, n_out = (size_t)N * K * OH * OH, n_w = (size_t)K * C * 9;
+    double *x = randn(n_in, 11), *w = randn(n_w, 12), *b = randn(K, 13), *prior = randn(n_out, 14);
+    dnnl_memory_desc_t md_in = nn_md_blocked(&ctx, N, C, H, H), md_out = nn_md_blocked(&ctx, N, K, OH, OH);
+    nn_conv2d_infer conv;
+    ck_assert_ok(nn_conv2d_infer_init(&conv, &ctx, C, H, H, K, 3, 3, stride, 1, &md_in, &md_out, sum, relu));
+    float *xf = to_blocked(x, N, C, H * H), *wf = to_float(w, n_w), *bf = to_float(b, K);
+    float *yf = to_blocked(prior, N, K, OH * OH);
+    dnnl_memory_t mx, my;
+    ck_assert_ok(nn_memory_wrap(&mx, &ctx, &md_in, xf));
+    ck_assert_ok(nn_memory_wrap(&my, &ctx, &md_out, yf));
+    ck_assert_ok(nn_conv2d_infer_set_weights(&conv, &ctx, wf, bf));
+    ck_assert_ok(nn_conv2d_infer_forward(&conv, &ctx, my, mx));
+    double *y = calloc(n_out, sizeof(double));
+    ref_conv2d_forward(y, x, w, N, C, H, H, K, 3, 3, stride, 1);
+    int HW = OH * OH;
+    for (size_t i = 0; i < n_out; i++) {
+        double v = y[i] + b[(i / HW) % K] + (sum ? prior[i] : 0.0);
+        y[i] = relu && v < 0 ? 0.0 : v;
+    }
+    double *yg = from_blocked(yf, N, K, HW);
+    ASSERT_CLOSE("inference convolution", yg, y, n_out, 2e-5);
+    dnnl_memory_destroy(mx), dnnl_memory_destroy(my);
+    nn_conv2d_infer_free(&conv);
+    mfres_free(xf), mfres_free(wf), mfres_free(bf), mfres_free(yf);
+    free(x), free(w), free(b), free(prior), free(y), free(yg);
+}
+START_TEST(conv_infer_relu_16_channels) { check_conv_infer(4, 16, 12, 16, 1, false, true); }
+END_TEST
+START_TEST(conv_infer_sum_relu_16_channels) { check_conv_infer(4, 16, 12, 16, 1, true, true); }
+END_TEST
+START_TEST(conv_infer_sum_relu_32_channels) { check_conv_infer(3, 32, 8, 32, 1, true, true); }
+END_TEST
+START_TEST(conv_infer_sum_stride2) { check_conv_infer(3, 16, 8, 32, 2, true, false); }
+END_TEST
+START_TEST(conv_infer_bias_only) { check_conv_infer(2, 32, 8, 32, 1, false, false); }
+END_TEST
 START_TEST(conv3x3_stride2) { check_conv(4, 16, 12, 12, 32, 3, 2, 1, false); }
 END_TEST
 START_TEST(conv1x1_stride1) { check_conv(3, 32, 8, 8, 16, 1, 1, 0, false); }
@@ -265,6 +310,13 @@ static Suite *make_suite(void) {
     TCase *tc = tcase_create("onednn_vs_reference");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, conv3x3_stride1);
+    tcase_add_test(tc, conv3x3_stride1_16_channels);
+    tcase_add_test(tc, conv3x3_stride1_32_channels);
+    tcase_add_test(tc, conv_infer_relu_16_channels);
+    tcase_add_test(tc, conv_infer_sum_relu_16_channels);
+    tcase_add_test(tc, conv_infer_sum_relu_32_channels);
+    tcase_add_test(tc, conv_infer_sum_stride2);
+    tcase_add_test(tc, conv_infer_bias_only);
     tcase_add_test(tc, conv3x3_stride2);
     tcase_add_test(tc, conv1x1_stride1);
     tcase_add_test(tc, conv1x1_stride2);

@@ -286,6 +286,50 @@ END_TEST
 START_TEST(inference_matches_training_with_batch_statistics_preact) { check_inference_matches_training(MFRES_BLOCK_PREACT); }
 END_TEST
 
+/* The inference pass folds every batch norm into its convolution and keeps the
+ * folded weights until something changes: against the double-precision
+ * reference at inference (running statistics), then again after a weight, a
+ * running statistic and the block order have changed, so a stale fold fails. */
+static void check_inference_vs_ref(mfres_block_type block, mfres_mode mode) {
+    fixture f;
+    make_fixture(&f, 20, block, mode, MFRES_TAU_GRID, 8, 3, 16, 13);
+    mfres_model *m = &f.m;
+    mfres_rng rng;
+    mfres_rng_seed(&rng, 77);
+    for (int t = 0; t < m->n_tensors; t++) { /* running statistics that are not the defaults */
+        mfres_tensor *tt = &m->tensors[t];
+        bool rm = strstr(tt->name, "running_mean") != NULL, rv = strstr(tt->name, "running_var") != NULL;
+        for (size_t k = 0; (rm || rv) && k < tt->numel; k++)
+            tt->data[k] = rm ? (float)(0.3 * mfres_rng_normal(&rng)) : (float)(0.5 + mfres_rng_uniform(&rng));
+    }
+    for (int round = 0; round < 2; round++) {
+        double loss, ref_loss;
+        int correct;
+        ck_assert_ok(mfres_model_forward(m, f.images, f.labels, false, &loss, &correct));
+        double *p = params_f64(m), *tau = tau_f64(m);
+        ck_assert_ok(mfres_model_ref_eval(m, p, tau, f.images, f.labels, &ref_loss, NULL));
+        ck_assert_msg(fabs(loss - ref_loss) <= 1e-5 * fabs(ref_loss), "round %d: inference loss %.8g vs reference %.8g",
+                      round, loss, ref_loss);
+        free(p), free(tau);
+        /* Change what the fold depends on. */
+        m->tensors[0].data[0] += 0.5f;
+        mfres_tensor *rv = mfres_model_find(m, "layer2.1.bn2.running_var");
+        for (size_t k = 0; k < rv->numel; k++) rv->data[k] *= 2.0f;
+        if (m->n_tau) {
+            for (int s = 0; s < 3; s++)
+                for (int i = 0; i < m->particles; i++) m->tau[s * m->particles + i] = 1.0f - 0.8f * i / m->particles;
+            mfres_model_sort_blocks(m);
+        }
+    }
+    free_fixture(&f);
+}
+START_TEST(inference_matches_reference_postact_meanfield) { check_inference_vs_ref(MFRES_BLOCK_POSTACT, MFRES_MODE_MEANFIELD); }
+END_TEST
+START_TEST(inference_matches_reference_preact_meanfield) { check_inference_vs_ref(MFRES_BLOCK_PREACT, MFRES_MODE_MEANFIELD); }
+END_TEST
+START_TEST(inference_matches_reference_postact_vanilla) { check_inference_vs_ref(MFRES_BLOCK_POSTACT, MFRES_MODE_VANILLA); }
+END_TEST
+
 START_TEST(bad_configurations_are_refused) {
     mfres_model_config cfg;
     mfres_model_config_default(&cfg);
@@ -316,6 +360,9 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, same_inputs_same_bits);
     tcase_add_test(tc, inference_matches_training_with_batch_statistics_postact);
     tcase_add_test(tc, inference_matches_training_with_batch_statistics_preact);
+    tcase_add_test(tc, inference_matches_reference_postact_meanfield);
+    tcase_add_test(tc, inference_matches_reference_preact_meanfield);
+    tcase_add_test(tc, inference_matches_reference_postact_vanilla);
     tcase_add_test(tc, bad_configurations_are_refused);
     suite_add_tcase(s, tc);
     return s;

@@ -127,5 +127,9 @@ int mfres_model_load(mfres_model *m, const char *path, int batch, char *data_nam
  * tau_grad are non-NULL, the gradients laid out like m->grads / m->tau_grad. */
 int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, const double *tau, const float *images,
                                   const int32_t *labels, double *loss, double *grads, double *tau_grad);
+/* The same network at inference: every BN uses the running statistics in
+ * m->buffers. Writes the mean loss and, if logits is non-NULL, [batch, classes]. */
+int mfres_model_ref_eval(const mfres_model *m, const double *params, const double *tau, const float *images,
+                         const int32_t *labels, double *loss, double *logits);
 
 #endif

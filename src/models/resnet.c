@@ -22,6 +22,7 @@
 #include "mfres/core.h"
 #include "mfres/meanfield.h"
 #include "mfres/model.h"
+#include "models/resnet_infer.h"
 #include "models/resnet_internal.h"
 #include "nn/nn.h"
 
@@ -70,6 +71,7 @@ struct resnet_impl {
     dnnl_memory_t scratch_mem[N_SCRATCH][3];
     double *dh;                 /* dE/dh per position, [3 * blocks_per_stage] */
     void *arena;
+    resnet_infer *infer; /* the inference pass, batch norms folded */
     bool have_train_forward;
     int last_reorders;
     bool profiling;
@@ -430,6 +432,7 @@ int mfres_model_create(mfres_model *m, const mfres_model_config *cfg, uint64_t s
     for (int k = 0; k < N_SCRATCH; k++)
         for (int s = 0; s < 3; s++)
             if ((rc = nn_memory_wrap(&r->scratch_mem[k][s], ctx, &md_stage[s], r->scratch[k]))) goto fail;
+    if ((rc = resnet_infer_create(&r->infer, m, ctx, r->scratch))) goto fail;
     return MFRES_OK;
 fail:
     mfres_model_free(m);
@@ -461,6 +464,7 @@ void mfres_model_free(mfres_model *m) {
         for (int k = 0; k < N_SCRATCH; k++)
             for (int s = 0; s < 3; s++)
                 if (r->scratch_mem[k][s]) dnnl_memory_destroy(r->scratch_mem[k][s]);
+        resnet_infer_free(r->infer);
         nn_ctx_free(&r->ctx);
         mfres_free(r->pos);
         mfres_free(r->arena);
@@ -520,9 +524,8 @@ static void bind_block(mfres_model *m, block_pos *b) {
                       bp->bn2_rv->data, b->bn2_stats, b->bn2_stats + c2, b->bn2_ws);
 }
 
-static int bn_forward(nn_batchnorm *bn, const nn_ctx *ctx, act *out, const act *in, bool train, float momentum) {
-    return train ? nn_batchnorm_forward_train(bn, ctx, out->mem, in->mem, momentum)
-                 : nn_batchnorm_forward_infer(bn, ctx, out->mem, in->mem);
+static int bn_forward(nn_batchnorm *bn, const nn_ctx *ctx, act *out, const act *in, float momentum) {
+    return nn_batchnorm_forward_train(bn, ctx, out->mem, in->mem, momentum);
 }
 
 /* ---- profiling: time per kernel kind and stage (mfres bench --profile) ---- */
@@ -566,7 +569,7 @@ static double conv_layer_flops(const nn_conv2d *c) {
     return 2.0 * c->N * c->K * c->C * c->R * c->S * c->OH * c->OW;
 }
 
-static int block_forward(mfres_model *m, block_pos *b, const act *x, bool train) {
+static int block_forward(mfres_model *m, block_pos *b, const act *x) {
     struct resnet_impl *r = m->impl;
     const nn_ctx *ctx = &r->ctx;
     block_shape s = b->shape;
@@ -581,9 +584,9 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x, bool train)
         shortcut = b->out.data;
     }
     if (m->cfg.block == MFRES_BLOCK_PREACT) {
-        STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a0, x, train, mom));
+        STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a0, x, mom));
         STEP("conv fwd", st, conv_layer_flops(&b->conv1), nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, b->a0.mem));
-        STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn2, ctx, &b->a1, &b->t1, train, mom));
+        STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn2, ctx, &b->a1, &b->t1, mom));
         STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
         STEP_VOID("residual add", st, 0, nn_residual_forward(b->out.data, NULL, shortcut, b->t2.data, h, false, n_out));
     } else {
@@ -593,17 +596,37 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x, bool train)
         for (int c = 0; c < C; c++) b->bn2_scaled[c] = h * bp->bn2_w->data[c], b->bn2_scaled[C + c] = h * bp->bn2_b->data[c];
         nn_batchnorm_bind_affine(&b->bn2, b->bn2_scaled, b->bn2_scaled + C);
         STEP("conv fwd", st, conv_layer_flops(&b->conv1), nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, x->mem));
-        STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a1, &b->t1, train, mom));
+        STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a1, &b->t1, mom));
         STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
-        STEP("batch norm fwd", st, 0, bn_forward(&b->bn2, ctx, &b->b2, &b->t2, train, mom));
+        STEP("batch norm fwd", st, 0, bn_forward(&b->bn2, ctx, &b->b2, &b->t2, mom));
         STEP_VOID("residual add+relu", st, 0, nn_residual_forward(b->out.data, b->out_mask, shortcut, b->b2.data, 1.0f, true, n_out));
     }
+    return MFRES_OK;
+}
+
+/* Softmax cross-entropy of r->logits against labels; the tail of both passes. */
+static int finish_loss(mfres_model *m, const int32_t *labels, double *loss, int *correct) {
+    struct resnet_impl *r = m->impl;
+    int N = m->cfg.batch, hits, valid;
+    double loss_sum;
+    for (int i = 0; i < N; i++) r->labels[i] = labels[i];
+    nn_softmax_xent_forward(r->probs, &loss_sum, &hits, &valid, r->logits, r->labels, N, m->cfg.num_classes);
+    *loss = valid ? loss_sum / valid : 0.0;
+    if (correct) *correct = hits;
+    if (!isfinite(*loss)) return mfres_fail(MFRES_ENUMERIC, "the loss is %g", *loss);
     return MFRES_OK;
 }
 
 int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labels, bool train, double *loss,
                         int *correct) {
     struct resnet_impl *r = m->impl;
+    r->have_train_forward = false;
+    if (!train) {
+        double t0 = prof_start(r);
+        int rc = resnet_infer_forward(r->infer, m, images, r->logits);
+        prof_stop(r, "inference pass (folded)", -1, t0, 0);
+        return rc ? rc : finish_loss(m, labels, loss, correct);
+    }
     const nn_ctx *ctx = &r->ctx;
     const mfres_model_config *c = &m->cfg;
     net_params *net = &r->net;
@@ -637,31 +660,25 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
          nn_conv2d_forward(&r->stem_conv, ctx, r->stem_t.mem, r->x_in.mem));
     const act *x = &r->stem_t;
     if (!pre) {
-        STEP("batch norm+relu fwd (stem)", -1, 0, bn_forward(&r->stem_bn, ctx, &r->stem_a, &r->stem_t, train, mom));
+        STEP("batch norm+relu fwd (stem)", -1, 0, bn_forward(&r->stem_bn, ctx, &r->stem_a, &r->stem_t, mom));
         x = &r->stem_a;
     }
     for (int p = 0; p < r->n_pos; p++) {
-        if ((rc = block_forward(m, &r->pos[p], x, train))) return rc;
+        if ((rc = block_forward(m, &r->pos[p], x))) return rc;
         x = &r->pos[p].out;
     }
     if (pre) {
-        STEP("batch norm+relu fwd (final)", -1, 0, bn_forward(&r->final_bn, ctx, &r->final_a, x, train, mom));
+        STEP("batch norm+relu fwd (final)", -1, 0, bn_forward(&r->final_bn, ctx, &r->final_a, x, mom));
         x = &r->final_a;
     }
     int C = 4 * w, HW = (c->in_h / 4) * (c->in_w / 4);
-    double loss_sum;
-    int hits, valid;
     t0 = prof_start(r);
     nn_avgpool_forward(r->pooled, x->data, N, C, HW, ctx->block);
     nn_linear_forward(r->logits, r->pooled, net->fc_w->data, net->fc_b->data, N, C, c->num_classes);
-    for (int i = 0; i < N; i++) r->labels[i] = labels[i];
-    nn_softmax_xent_forward(r->probs, &loss_sum, &hits, &valid, r->logits, r->labels, N, c->num_classes);
+    rc = finish_loss(m, labels, loss, correct);
     prof_stop(r, "pool+fc+loss fwd", -1, t0, 0);
-    *loss = valid ? loss_sum / valid : 0.0;
-    if (correct) *correct = hits;
-    r->have_train_forward = train;
-    if (!isfinite(*loss)) return mfres_fail(MFRES_ENUMERIC, "the loss is %g", *loss);
-    return MFRES_OK;
+    r->have_train_forward = rc == MFRES_OK;
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */

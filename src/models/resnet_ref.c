@@ -30,8 +30,24 @@ static double *G(const ref_ctx *c, const mfres_tensor *t) { return c->grads + (t
 
 static double *zeros(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
 
-int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, const double *tau, const float *images,
-                                  const int32_t *labels, double *loss, double *grads, double *tau_grad) {
+/* Batch norm with the batch's statistics (training: saves mean and 1/std for
+ * backward) or with the running statistics (eval). */
+static void bn_forward(const ref_ctx *c, bool eval, double *out, double *mean, double *rstd, const double *in,
+                       const mfres_tensor *gamma, const mfres_tensor *beta, const mfres_tensor *running_mean,
+                       const mfres_tensor *running_var, int N, int C, int HW, double eps) {
+    if (!eval) {
+        ref_batchnorm_forward(out, mean, rstd, in, P(c, gamma), P(c, beta), N, C, HW, eps);
+        return;
+    }
+    double *rm = zeros(C), *rv = zeros(C);
+    for (int i = 0; i < C; i++) rm[i] = running_mean->data[i], rv[i] = running_var->data[i];
+    ref_batchnorm_forward_inference(out, in, P(c, gamma), P(c, beta), rm, rv, N, C, HW, eps);
+    free(rm), free(rv);
+}
+
+static int ref_run(const mfres_model *m, const double *params, const double *tau, const float *images,
+                   const int32_t *labels, bool eval, double *loss, double *logits_out, double *grads,
+                   double *tau_grad) {
     const mfres_model_config *cfg = &m->cfg;
     const net_params *net = resnet_net_params(m);
     bool pre = cfg->block == MFRES_BLOCK_PREACT;
@@ -45,6 +61,7 @@ int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, co
     /* Order of the particles by tau (ties: lower index first), and the steps. */
     int order[3][Pn > 0 ? Pn : 1];
     double steps[3][Pn > 0 ? Pn : 1];
+    double dh[3][n]; /* dE/dh per position, from the backward pass */
     for (int s = 0; s < 3; s++) {
         for (int i = 0; i < Pn; i++) order[s][i] = i;
         if (cfg->mode == MFRES_MODE_MEANFIELD) {
@@ -68,8 +85,8 @@ int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, co
     ref_conv2d_forward(stem_t, x0, P(&c, net->stem_w), N, cfg->in_c, H, W, w, 3, 3, 1, 1);
     const double *x = stem_t;
     if (!pre) {
-        ref_batchnorm_forward(stem_a, stem_m, stem_r, stem_t, P(&c, net->stem_bn_w), P(&c, net->stem_bn_b), N, w, H * W,
-                              cfg->bn_eps);
+        bn_forward(&c, eval, stem_a, stem_m, stem_r, stem_t, net->stem_bn_w, net->stem_bn_b, net->stem_bn_rm,
+                   net->stem_bn_rv, N, w, H * W, cfg->bn_eps);
         ref_relu_forward(stem_a, stem_a, (long)stem_n);
         x = stem_a;
     }
@@ -94,13 +111,13 @@ int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, co
             if (sh.downsample) ref_shortcut_a_forward(sc, x, N, sh.c_in, sh.h_in, sh.w_in);
             else memcpy(sc, x, out_sz * sizeof(double));
             if (pre) {
-                ref_batchnorm_forward(p->u0, p->m1, p->r1, x, P(&c, bp->bn1_w), P(&c, bp->bn1_b), N, sh.c_in, hw_in,
-                                      cfg->bn_eps);
+                bn_forward(&c, eval, p->u0, p->m1, p->r1, x, bp->bn1_w, bp->bn1_b, bp->bn1_rm, bp->bn1_rv, N, sh.c_in,
+                           hw_in, cfg->bn_eps);
                 ref_relu_forward(p->a0, p->u0, (long)in_sz);
                 ref_conv2d_forward(p->t1, p->a0, P(&c, bp->conv1_w), N, sh.c_in, sh.h_in, sh.w_in, sh.c_out, 3, 3,
                                    sh.stride, 1);
-                ref_batchnorm_forward(p->u1, p->m2, p->r2, p->t1, P(&c, bp->bn2_w), P(&c, bp->bn2_b), N, sh.c_out, hw,
-                                      cfg->bn_eps);
+                bn_forward(&c, eval, p->u1, p->m2, p->r2, p->t1, bp->bn2_w, bp->bn2_b, bp->bn2_rm, bp->bn2_rv, N,
+                           sh.c_out, hw, cfg->bn_eps);
                 ref_relu_forward(p->a1, p->u1, (long)out_sz);
                 ref_conv2d_forward(p->t2, p->a1, P(&c, bp->conv2_w), N, sh.c_out, sh.h_out, sh.w_out, sh.c_out, 3, 3, 1,
                                    1);
@@ -108,13 +125,13 @@ int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, co
             } else {
                 ref_conv2d_forward(p->t1, x, P(&c, bp->conv1_w), N, sh.c_in, sh.h_in, sh.w_in, sh.c_out, 3, 3,
                                    sh.stride, 1);
-                ref_batchnorm_forward(p->u1, p->m1, p->r1, p->t1, P(&c, bp->bn1_w), P(&c, bp->bn1_b), N, sh.c_out, hw,
-                                      cfg->bn_eps);
+                bn_forward(&c, eval, p->u1, p->m1, p->r1, p->t1, bp->bn1_w, bp->bn1_b, bp->bn1_rm, bp->bn1_rv, N,
+                           sh.c_out, hw, cfg->bn_eps);
                 ref_relu_forward(p->a1, p->u1, (long)out_sz);
                 ref_conv2d_forward(p->t2, p->a1, P(&c, bp->conv2_w), N, sh.c_out, sh.h_out, sh.w_out, sh.c_out, 3, 3, 1,
                                    1);
-                ref_batchnorm_forward(p->b2, p->m2, p->r2, p->t2, P(&c, bp->bn2_w), P(&c, bp->bn2_b), N, sh.c_out, hw,
-                                      cfg->bn_eps);
+                bn_forward(&c, eval, p->b2, p->m2, p->r2, p->t2, bp->bn2_w, bp->bn2_b, bp->bn2_rm, bp->bn2_rv, N,
+                           sh.c_out, hw, cfg->bn_eps);
                 ref_residual_forward(p->out, sc, p->b2, p->h, true, (long)out_sz);
             }
             free(sc);
@@ -126,8 +143,8 @@ int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, co
     double *fin_u = zeros(last_n), *fin_a = zeros(last_n), *fin_m = zeros(C), *fin_r = zeros(C);
     const double *last = x;
     if (pre) {
-        ref_batchnorm_forward(fin_u, fin_m, fin_r, x, P(&c, net->final_bn_w), P(&c, net->final_bn_b), N, C, HW,
-                              cfg->bn_eps);
+        bn_forward(&c, eval, fin_u, fin_m, fin_r, x, net->final_bn_w, net->final_bn_b, net->final_bn_rm,
+                   net->final_bn_rv, N, C, HW, cfg->bn_eps);
         ref_relu_forward(fin_a, fin_u, (long)last_n);
         x = fin_a;
     }
@@ -138,12 +155,15 @@ int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, co
     ref_linear_forward(logits, pooled, P(&c, net->fc_w), P(&c, net->fc_b), N, C, K);
     int correct;
     *loss = ref_softmax_xent_forward(probs, &correct, logits, lab, N, K);
+    if (logits_out) memcpy(logits_out, logits, (size_t)N * K * sizeof(double));
+    double *dlogits = NULL, *dpooled = NULL, *g = NULL;
+    if (eval) goto done;
 
     /* ---- backward ---- */
-    double *dlogits = zeros((size_t)N * K), *dpooled = zeros((size_t)N * C);
+    dlogits = zeros((size_t)N * K), dpooled = zeros((size_t)N * C);
     ref_softmax_xent_backward(dlogits, probs, lab, N, K);
     ref_linear_backward(dpooled, G(&c, net->fc_w), G(&c, net->fc_b), dlogits, pooled, P(&c, net->fc_w), N, C, K);
-    double *g = zeros(last_n);
+    g = zeros(last_n);
     ref_avgpool_backward(g, dpooled, N, C, HW);
     if (pre) {
         double *t = zeros(last_n);
@@ -152,7 +172,6 @@ int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, co
                                fin_m, fin_r, N, C, HW);
         free(t);
     }
-    double dh[3][n];
     for (int p_i = 3 * n - 1; p_i >= 0; p_i--) {
         ref_pos *p = &pos[p_i];
         block_shape sh = p->s;
@@ -215,6 +234,7 @@ int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, co
         for (int s = 0; s < 3; s++)
             for (int l = 0; l < Pn; l++)
                 tau_grad[s * Pn + order[s][l]] = l + 1 < Pn ? dh[s][l + 1] - dh[s][l + 2] : dh[s][l + 1];
+done:
 
     for (int i = 0; i < 3 * n; i++) {
         ref_pos *p = &pos[i];
@@ -227,4 +247,14 @@ int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, co
     free(pos);
     free(lab);
     return MFRES_OK;
+}
+
+int mfres_model_ref_loss_and_grad(const mfres_model *m, const double *params, const double *tau, const float *images,
+                                  const int32_t *labels, double *loss, double *grads, double *tau_grad) {
+    return ref_run(m, params, tau, images, labels, false, loss, NULL, grads, tau_grad);
+}
+
+int mfres_model_ref_eval(const mfres_model *m, const double *params, const double *tau, const float *images,
+                         const int32_t *labels, double *loss, double *logits) {
+    return ref_run(m, params, tau, images, labels, true, loss, logits, NULL, NULL);
 }

@@ -39,6 +39,36 @@ static int make_layout_copy(const nn_ctx *ctx, const dnnl_memory_desc_t *want, c
     return rc;
 }
 
+int nn_conv_primitive_desc(dnnl_primitive_desc_t *pd, const nn_ctx *ctx, nn_conv_pass pass, const nn_conv_geometry *g,
+                           const_dnnl_primitive_attr_t attr, const_dnnl_primitive_desc_t hint) {
+    int OH = (g->H + 2 * g->pad - g->R) / g->stride + 1, OW = (g->W + 2 * g->pad - g->S) / g->stride + 1;
+    dnnl_memory_desc_t w_any, b_md = nn_md_vector(g->K);
+    dnnl_dims_t wdims = {g->K, g->C, g->R, g->S};
+    dnnl_memory_desc_init_by_tag(&w_any, 4, wdims, dnnl_f32, dnnl_format_tag_any);
+    dnnl_dims_t strides = {g->stride, g->stride}, padding = {g->pad, g->pad};
+    /* Right padding so that the output size is exact when (H + 2p - R) is not a multiple of the stride. */
+    dnnl_dims_t padding_r = {(OH - 1) * g->stride + g->R - g->H - g->pad, (OW - 1) * g->stride + g->S - g->W - g->pad};
+    const dnnl_memory_desc_t *bias = g->bias ? &b_md : NULL;
+    dnnl_alg_kind_t alg = nn_conv_algorithm(ctx, pass, g->C, g->K, g->R, g->S, g->stride);
+    for (;;) {
+        dnnl_convolution_desc_t desc;
+        if (pass == NN_CONV_FORWARD || pass == NN_CONV_FORWARD_INFERENCE)
+            NN_CHECK(dnnl_convolution_forward_desc_init(
+                &desc, pass == NN_CONV_FORWARD ? dnnl_forward_training : dnnl_forward_inference, alg, g->src, &w_any,
+                bias, g->dst, strides, padding, padding_r));
+        else if (pass == NN_CONV_BACKWARD_DATA)
+            NN_CHECK(dnnl_convolution_backward_data_desc_init(&desc, alg, g->src, &w_any, g->dst, strides, padding,
+                                                              padding_r));
+        else
+            NN_CHECK(dnnl_convolution_backward_weights_desc_init(&desc, alg, g->src, &w_any, bias, g->dst, strides,
+                                                                 padding, padding_r));
+        dnnl_status_t st = dnnl_primitive_desc_create(pd, &desc, attr, ctx->engine, hint);
+        if (st != dnnl_unimplemented || alg == dnnl_convolution_direct)
+            return nn_check(st, "convolution primitive descriptor", __FILE__, __LINE__);
+        alg = dnnl_convolution_direct; /* no Winograd kernel for this shape or machine */
+    }
+}
+
 int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
                    int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md, bool backward_data) {
     memset(conv, 0, sizeof *conv);
@@ -47,20 +77,15 @@ int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int 
     conv->OH = (H + 2 * pad - R) / stride + 1;
     conv->OW = (W + 2 * pad - S) / stride + 1;
 
-    dnnl_memory_desc_t w_any, w_plain;
+    dnnl_memory_desc_t w_plain;
     dnnl_dims_t wdims = {K, C, R, S};
-    dnnl_memory_desc_init_by_tag(&w_any, 4, wdims, dnnl_f32, dnnl_format_tag_any);
     dnnl_memory_desc_init_by_tag(&w_plain, 4, wdims, dnnl_f32, dnnl_oihw);
-    dnnl_dims_t strides = {stride, stride}, padding = {pad, pad};
-    /* Right padding so that the output size is exact when (H + 2p - R) is not a multiple of the stride. */
-    dnnl_dims_t padding_r = {(conv->OH - 1) * stride + R - H - pad, (conv->OW - 1) * stride + S - W - pad};
+    nn_conv_geometry geo = {C, H, W, K, R, S, stride, pad, src_md, dst_md, false};
 
-    dnnl_convolution_desc_t desc;
     dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
-    NN_CHECK(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_training, ctx->conv_alg, src_md, &w_any,
-                                                NULL, dst_md, strides, padding, padding_r));
-    NN_CHECK(dnnl_primitive_desc_create(&fwd_pd, &desc, NULL, ctx->engine, NULL));
-    int rc = make_primitive(&conv->fwd, fwd_pd);
+    int rc = nn_conv_primitive_desc(&fwd_pd, ctx, NN_CONV_FORWARD, &geo, NULL, NULL);
+    if (rc) return rc;
+    rc = make_primitive(&conv->fwd, fwd_pd);
     const dnnl_memory_desc_t *w_fwd_md = dnnl_primitive_desc_query_md(fwd_pd, dnnl_query_weights_md, 0);
     if (!rc) rc = nn_memory_wrap(&conv->w_plain, ctx, &w_plain, NULL);
     if (!rc) rc = nn_memory_wrap(&conv->dw_plain, ctx, &w_plain, NULL);
@@ -68,10 +93,8 @@ int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int 
     if (rc) goto done;
 
     if (backward_data) {
-        NN_CHECK(dnnl_convolution_backward_data_desc_init(&desc, ctx->conv_alg, src_md, &w_any, dst_md,
-                                                          strides, padding, padding_r));
-        NN_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, ctx->engine, fwd_pd));
-        rc = make_primitive(&conv->bwd_data, pd);
+        rc = nn_conv_primitive_desc(&pd, ctx, NN_CONV_BACKWARD_DATA, &geo, NULL, fwd_pd);
+        if (!rc) rc = make_primitive(&conv->bwd_data, pd);
         const dnnl_memory_desc_t *w_bd_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         if (!rc && conv->w_fwd && dnnl_memory_desc_equal(w_bd_md, w_fwd_md)) {
             conv->w_bwd_data = conv->w_fwd; /* same layout: share the forward copy */
@@ -84,9 +107,8 @@ int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int 
         if (rc) goto done;
     }
 
-    NN_CHECK(dnnl_convolution_backward_weights_desc_init(&desc, ctx->conv_alg, src_md, &w_any, NULL, dst_md,
-                                                         strides, padding, padding_r));
-    NN_CHECK(dnnl_primitive_desc_create(&pd, &desc, NULL, ctx->engine, fwd_pd));
+    rc = nn_conv_primitive_desc(&pd, ctx, NN_CONV_BACKWARD_WEIGHTS, &geo, NULL, fwd_pd);
+    if (rc) goto done;
     rc = make_primitive(&conv->bwd_weights, pd);
     const dnnl_memory_desc_t *dw_md = dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
     if (!rc) rc = make_layout_copy(ctx, dw_md, &w_plain, false, &conv->dw, &conv->dw_buf, &conv->reorder_dw);

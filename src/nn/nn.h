@@ -23,11 +23,23 @@ typedef struct nn_ctx {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     int block; /* channel block of the activation layout: 8 or 16 */
-    /* dnnl_convolution_auto lets oneDNN pick Winograd for 3x3 stride-1 layers
-     * where it has a kernel (AVX-512) and direct elsewhere; MFRES_CONV_ALGO=direct
-     * in the environment forces direct convolution everywhere. */
-    dnnl_alg_kind_t conv_alg;
+    /* Convolution algorithm: 0 = our per-pass choice (nn_conv_algorithm);
+     * otherwise the algorithm MFRES_CONV_ALGO=direct|winograd|auto names. */
+    dnnl_alg_kind_t conv_alg_override;
 } nn_ctx;
+
+/* The passes of a convolution, for the choice of algorithm. */
+typedef enum nn_conv_pass {
+    NN_CONV_FORWARD,          /* training forward */
+    NN_CONV_FORWARD_INFERENCE,    /* inference forward (with the sum and ReLU post-ops of conv2d_infer) */
+    NN_CONV_BACKWARD_DATA,
+    NN_CONV_BACKWARD_WEIGHTS,
+} nn_conv_pass;
+
+/* Direct or Winograd for one pass of a convolution with C input and K output
+ * channels; see onednn.c for the measurements behind the rule. A Winograd
+ * choice falls back to direct where oneDNN has no Winograd kernel (AVX2). */
+dnnl_alg_kind_t nn_conv_algorithm(const nn_ctx *ctx, nn_conv_pass pass, int C, int K, int R, int S, int stride);
 
 int nn_ctx_init(nn_ctx *ctx);
 void nn_ctx_free(nn_ctx *ctx);
@@ -46,6 +58,19 @@ int nn_check(dnnl_status_t status, const char *what, const char *file, int line)
         int nn_rc_ = nn_check((call), #call, __FILE__, __LINE__);                 \
         if (nn_rc_) return nn_rc_;                                                \
     } while (0)
+
+/* ---- what nn_conv2d and nn_conv2d_infer share ---- */
+typedef struct nn_conv_geometry {
+    int C, H, W, K, R, S, stride, pad;
+    const dnnl_memory_desc_t *src, *dst;
+    bool bias;
+} nn_conv_geometry;
+
+/* oneDNN's primitive descriptor for one pass (weights in layout `any`), with
+ * the algorithm nn_conv_algorithm picks, or direct where that has no kernel.
+ * hint: the forward descriptor, for the backward passes. */
+int nn_conv_primitive_desc(dnnl_primitive_desc_t *pd, const nn_ctx *ctx, nn_conv_pass pass, const nn_conv_geometry *g,
+                           const_dnnl_primitive_attr_t attr, const_dnnl_primitive_desc_t hint);
 
 /* ---- conv2d: 2-D convolution without bias, on oneDNN ---- */
 typedef struct nn_conv2d {
@@ -71,6 +96,25 @@ int nn_conv2d_backward_data(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t di
 /* dw (the bound plain gradient) = correlation of in and dout (overwrites: oneDNN has no accumulate mode here) */
 int nn_conv2d_backward_weights(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t in, dnnl_memory_t dout);
 void nn_conv2d_free(nn_conv2d *conv);
+
+/* ---- conv2d_infer: inference convolution with bias and post-ops, on oneDNN ----
+ * out = relu?(out_before? + conv(in) + bias): `sum` adds the convolution to
+ * what `out` already holds (the residual shortcut), `relu` applies a ReLU last.
+ * The caller folds any batch norm into the weights and bias (conv2d_infer.c). */
+typedef struct nn_conv2d_infer {
+    int K, C, R, S;
+    dnnl_primitive_t fwd, reorder_w;
+    dnnl_memory_t w_plain, w, bias; /* w: oneDNN's inference layout (own buffer) */
+    float *w_buf, *b_buf;
+} nn_conv2d_infer;
+
+int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H, int W, int K, int R, int S,
+                         int stride, int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md,
+                         bool sum, bool relu);
+/* Copies plain OIHW weights (K*C*R*S floats) and the bias [K] into the layer. */
+int nn_conv2d_infer_set_weights(nn_conv2d_infer *conv, const nn_ctx *ctx, const float *w, const float *bias);
+int nn_conv2d_infer_forward(nn_conv2d_infer *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in);
+void nn_conv2d_infer_free(nn_conv2d_infer *conv);
 
 /* ---- batch norm (+ optional fused ReLU), on oneDNN ---- */
 typedef struct nn_batchnorm {

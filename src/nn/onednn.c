@@ -20,13 +20,39 @@ int nn_ctx_init(nn_ctx *ctx) {
     /* oneDNN's own kernels on AVX-512 machines work in 16-channel blocks, on AVX2 in 8. */
     dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
     const char *algo = getenv("MFRES_CONV_ALGO");
-    ctx->conv_alg = algo && !strcmp(algo, "direct") ? dnnl_convolution_direct : dnnl_convolution_auto;
+    if (algo && *algo) {
+        if (!strcmp(algo, "direct")) ctx->conv_alg_override = dnnl_convolution_direct;
+        else if (!strcmp(algo, "winograd")) ctx->conv_alg_override = dnnl_convolution_winograd;
+        else if (!strcmp(algo, "auto")) ctx->conv_alg_override = dnnl_convolution_auto;
+        else
+            return mfres_fail(MFRES_EINVAL, "MFRES_CONV_ALGO must be direct, winograd or auto, got '%s'", algo);
+    }
     ctx->block = (isa == dnnl_cpu_isa_avx512_core || isa == dnnl_cpu_isa_avx512_core_vnni ||
                   isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx ||
                   isa == dnnl_cpu_isa_avx512_mic || isa == dnnl_cpu_isa_avx512_mic_4ops)
                      ? 16
                      : 8;
     return MFRES_OK;
+}
+
+/* oneDNN's Winograd kernels (F(4x4, 3x3), AVX-512 only) against its direct
+ * ones, per pass, measured on the ResNet shapes (batch 128, 2 threads, Zen 4):
+ *   channels  forward   fwd+sum+ReLU  backward-data  backward-weights   (ms, direct / Winograd)
+ *   16        4.0/3.6   3.8/4.5       3.0/3.8        3.1/2.4
+ *   32        2.6/1.5                 2.6/1.4        2.8/1.5
+ *   64        2.2/1.1                 2.2/1.1        2.5/1.3
+ * dnnl_convolution_auto takes Winograd for forward and backward-data and direct
+ * for backward-weights: wrong for three of these cells, and backward-weights is
+ * a third of a training step. Winograd needs stride 1 and 3x3 kernels; at 16
+ * channels its transforms outweigh the saved multiplies except in the passes
+ * shown. A fixed rule rather than timing at start-up, so that the same run
+ * gives the same bits. */
+dnnl_alg_kind_t nn_conv_algorithm(const nn_ctx *ctx, nn_conv_pass pass, int C, int K, int R, int S, int stride) {
+    if (ctx->conv_alg_override) return ctx->conv_alg_override;
+    if (R != 3 || S != 3 || stride != 1 || C < 16 || K < 16) return dnnl_convolution_direct;
+    bool narrow = C <= 16 && K <= 16;
+    if (narrow && (pass == NN_CONV_FORWARD_INFERENCE || pass == NN_CONV_BACKWARD_DATA)) return dnnl_convolution_direct;
+    return dnnl_convolution_winograd;
 }
 
 void nn_ctx_free(nn_ctx *ctx) {

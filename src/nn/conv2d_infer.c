@@ -1,0 +1,88 @@
+/* Inference convolution: bias and fused post-ops, on oneDNN.
+ *
+ * With fixed statistics a batch norm is a per-channel affine map, so at
+ * inference it folds into the convolution in front of it (the caller scales
+ * the weights and supplies the bias). What follows the batch norm in a
+ * residual block, the add of the shortcut and the ReLU, runs as oneDNN
+ * post-ops (sum, eltwise) inside the convolution's own output loop: one pass
+ * over the activations where training needs three.
+ *
+ * The primitive is created for dnnl_forward_inference, which lets oneDNN keep
+ * the weights in a layout prepared once per weight change (for Winograd, the
+ * transformed weights) instead of once per call. There is no backward here:
+ * training uses nn_conv2d. */
+#include <string.h>
+
+#include "mfres/core.h"
+#include "nn/nn.h"
+
+int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H, int W, int K, int R, int S,
+                         int stride, int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md,
+                         bool sum, bool relu) {
+    memset(conv, 0, sizeof *conv);
+    conv->K = K, conv->C = C, conv->R = R, conv->S = S;
+    dnnl_memory_desc_t w_plain, b_md = nn_md_vector(K);
+    dnnl_dims_t wdims = {K, C, R, S};
+    dnnl_memory_desc_init_by_tag(&w_plain, 4, wdims, dnnl_f32, dnnl_oihw);
+    nn_conv_geometry geo = {C, H, W, K, R, S, stride, pad, src_md, dst_md, true};
+
+    dnnl_post_ops_t post_ops = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL, reorder_pd = NULL;
+    int rc = MFRES_OK;
+#define TRY(call)                                                             \
+    do {                                                                      \
+        if (!rc) rc = nn_check((call), #call, __FILE__, __LINE__);            \
+    } while (0)
+    TRY(dnnl_post_ops_create(&post_ops));
+    if (sum) TRY(dnnl_post_ops_append_sum(post_ops, 1.0f));
+    if (relu) TRY(dnnl_post_ops_append_eltwise(post_ops, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f));
+    TRY(dnnl_primitive_attr_create(&attr));
+    TRY(dnnl_primitive_attr_set_post_ops(attr, post_ops));
+    if (!rc) rc = nn_conv_primitive_desc(&pd, ctx, NN_CONV_FORWARD_INFERENCE, &geo, attr, NULL);
+    TRY(dnnl_primitive_create(&conv->fwd, pd));
+    if (!rc) {
+        const dnnl_memory_desc_t *w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        conv->w_buf = mfres_alloc(dnnl_memory_desc_get_size(w_md), "convolution weights (inference layout)");
+        conv->b_buf = mfres_alloc((size_t)K * sizeof(float), "convolution bias");
+        if (!conv->w_buf || !conv->b_buf) rc = MFRES_ENOMEM;
+        if (!rc) rc = nn_memory_wrap(&conv->w, ctx, w_md, conv->w_buf);
+        if (!rc) rc = nn_memory_wrap(&conv->w_plain, ctx, &w_plain, NULL);
+        if (!rc) rc = nn_memory_wrap(&conv->bias, ctx, &b_md, conv->b_buf);
+        TRY(dnnl_reorder_primitive_desc_create(&reorder_pd, &w_plain, ctx->engine, w_md, ctx->engine, NULL));
+        TRY(dnnl_primitive_create(&conv->reorder_w, reorder_pd));
+    }
+#undef TRY
+    if (reorder_pd) dnnl_primitive_desc_destroy(reorder_pd);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (post_ops) dnnl_post_ops_destroy(post_ops);
+    if (rc) nn_conv2d_infer_free(conv);
+    return rc;
+}
+
+int nn_conv2d_infer_set_weights(nn_conv2d_infer *conv, const nn_ctx *ctx, const float *w, const float *bias) {
+    memcpy(conv->b_buf, bias, (size_t)conv->K * sizeof(float));
+    dnnl_memory_set_data_handle(conv->w_plain, (void *)w);
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, conv->w_plain}, {DNNL_ARG_TO, conv->w}};
+    NN_CHECK(dnnl_primitive_execute(conv->reorder_w, ctx->stream, 2, args));
+    return MFRES_OK;
+}
+
+int nn_conv2d_infer_forward(nn_conv2d_infer *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in) {
+    dnnl_exec_arg_t args[] = {
+        {DNNL_ARG_SRC, in}, {DNNL_ARG_WEIGHTS, conv->w}, {DNNL_ARG_BIAS, conv->bias}, {DNNL_ARG_DST, out}};
+    NN_CHECK(dnnl_primitive_execute(conv->fwd, ctx->stream, 4, args));
+    return MFRES_OK;
+}
+
+void nn_conv2d_infer_free(nn_conv2d_infer *conv) {
+    if (conv->fwd) dnnl_primitive_destroy(conv->fwd);
+    if (conv->reorder_w) dnnl_primitive_destroy(conv->reorder_w);
+    dnnl_memory_t mems[] = {conv->w, conv->w_plain, conv->bias};
+    for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++)
+        if (mems[i]) dnnl_memory_destroy(mems[i]);
+    mfres_free(conv->w_buf);
+    mfres_free(conv->b_buf);
+    memset(conv, 0, sizeof *conv);
+}
