@@ -432,7 +432,7 @@ int mfres_model_create(mfres_model *m, const mfres_model_config *cfg, uint64_t s
     for (int k = 0; k < N_SCRATCH; k++)
         for (int s = 0; s < 3; s++)
             if ((rc = nn_memory_wrap(&r->scratch_mem[k][s], ctx, &md_stage[s], r->scratch[k]))) goto fail;
-    if ((rc = resnet_infer_create(&r->infer, m, ctx, r->scratch))) goto fail;
+    if ((rc = resnet_infer_create(&r->infer, m, ctx))) goto fail;
     return MFRES_OK;
 fail:
     mfres_model_free(m);

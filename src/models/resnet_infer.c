@@ -16,6 +16,11 @@
  * Without a downsample the shortcut is x itself, so the block writes its
  * output over x in place; three stage-1-sized buffers carry the whole pass.
  *
+ * The batch runs in chunks of about 2 MiB of stage-1 activations (32 CIFAR
+ * images), so that a chunk's maps stay in cache from one convolution to the
+ * next: 5-15% faster than the whole batch of 128 at once on a 2-core Zen 4.
+ * A last, short chunk is padded with zero images.
+ *
  * Folding, and oneDNN's reorder of the folded weights into its inference
  * layout, cost about a fifth of a ResNet-20 pass (the Winograd transform of
  * 64x64 weights is the dear part), so they are redone only when something
@@ -40,6 +45,7 @@ typedef struct infer_pos {
 
 struct resnet_infer {
     const nn_ctx *ctx;
+    int chunk;  /* images per pass of the network */
     int n_pos;
     infer_pos *pos;
     nn_conv2d_infer stem;
@@ -47,6 +53,7 @@ struct resnet_infer {
     float *buf[3];
     dnnl_memory_t mem[3][3]; /* buffer k viewed in stage s's layout */
     dnnl_memory_t x_in;
+    float *padded_in, *padded_logits; /* the last chunk, when it is short */
     float *w_fold, *b_fold, *pooled;
     /* What the folded weights were made from: params | buffers | h, and order. */
     float *snapshot;
@@ -69,6 +76,9 @@ void resnet_infer_free(resnet_infer *p) {
         for (int s = 0; s < 3; s++)
             if (p->mem[k][s]) dnnl_memory_destroy(p->mem[k][s]);
     if (p->x_in) dnnl_memory_destroy(p->x_in);
+    for (int k = 0; k < 3; k++) mfres_free(p->buf[k]);
+    mfres_free(p->padded_in);
+    mfres_free(p->padded_logits);
     mfres_free(p->pos);
     mfres_free(p->w_fold);
     mfres_free(p->b_fold);
@@ -78,26 +88,36 @@ void resnet_infer_free(resnet_infer *p) {
     mfres_free(p);
 }
 
-int resnet_infer_create(resnet_infer **plan, const mfres_model *m, const nn_ctx *ctx, float *const bufs[3]) {
+int resnet_infer_create(resnet_infer **plan, const mfres_model *m, const nn_ctx *ctx) {
     const mfres_model_config *c = &m->cfg;
     bool pre = c->block == MFRES_BLOCK_PREACT;
-    int N = c->batch, w = c->base_width, n = m->blocks_per_stage, rc;
+    int w = c->base_width, n = m->blocks_per_stage, rc;
     *plan = NULL;
     resnet_infer *p = mfres_alloc(sizeof *p, "inference plan");
     if (!p) return MFRES_ENOMEM;
     memset(p, 0, sizeof *p);
     p->ctx = ctx;
+    size_t image_bytes = (size_t)w * c->in_h * c->in_w * sizeof(float); /* one image's stage-1 map */
+    int per_chunk = (int)((size_t)(2 << 20) / image_bytes), chunks;
+    if (per_chunk < 1) per_chunk = 1;
+    chunks = (c->batch + per_chunk - 1) / per_chunk;
+    p->chunk = (c->batch + chunks - 1) / chunks;
+    int N = p->chunk;
     p->n_pos = 3 * n;
     size_t max_w = (size_t)16 * w * w * 9 > (size_t)w * c->in_c * 9 ? (size_t)16 * w * w * 9 : (size_t)w * c->in_c * 9;
     p->pos = mfres_alloc(sizeof(infer_pos) * p->n_pos, "inference plan");
     p->w_fold = mfres_alloc(max_w * sizeof(float), "folded weights");
     p->b_fold = mfres_alloc((size_t)4 * w * sizeof(float), "folded bias");
     p->pooled = mfres_alloc((size_t)N * 4 * w * sizeof(float), "pooled features");
+    p->padded_in = mfres_alloc((size_t)N * c->in_c * c->in_h * c->in_w * sizeof(float), "inference input");
+    p->padded_logits = mfres_alloc((size_t)N * c->num_classes * sizeof(float), "inference logits");
+    for (int k = 0; k < 3; k++) p->buf[k] = mfres_alloc((size_t)N * image_bytes, "inference activations");
     p->n_order = 3 * m->particles;
     p->snapshot_floats = m->n_params + m->n_buffers + (size_t)p->n_order;
     p->snapshot = mfres_alloc(p->snapshot_floats * sizeof(float), "inference snapshot");
     p->snapshot_order = mfres_alloc(((size_t)p->n_order + 1) * sizeof(int), "inference snapshot");
-    if (!p->pos || !p->w_fold || !p->b_fold || !p->pooled || !p->snapshot || !p->snapshot_order) {
+    if (!p->pos || !p->w_fold || !p->b_fold || !p->pooled || !p->snapshot || !p->snapshot_order || !p->padded_in || !p->padded_logits ||
+        !p->buf[0] || !p->buf[1] || !p->buf[2]) {
         resnet_infer_free(p);
         return MFRES_ENOMEM;
     }
@@ -106,11 +126,9 @@ int resnet_infer_create(resnet_infer **plan, const mfres_model *m, const nn_ctx 
     dnnl_memory_desc_t md_in = nn_md_nchw(N, c->in_c, c->in_h, c->in_w), md_stage[3];
     for (int s = 0; s < 3; s++) md_stage[s] = nn_md_blocked(ctx, N, w << s, c->in_h >> s, c->in_w >> s);
     if ((rc = nn_memory_wrap(&p->x_in, ctx, &md_in, NULL))) goto fail;
-    for (int k = 0; k < 3; k++) {
-        p->buf[k] = bufs[k];
+    for (int k = 0; k < 3; k++)
         for (int s = 0; s < 3; s++)
-            if ((rc = nn_memory_wrap(&p->mem[k][s], ctx, &md_stage[s], bufs[k]))) goto fail;
-    }
+            if ((rc = nn_memory_wrap(&p->mem[k][s], ctx, &md_stage[s], p->buf[k]))) goto fail;
     if ((rc = nn_conv2d_infer_init(&p->stem, ctx, c->in_c, c->in_h, c->in_w, w, 3, 3, 1, 1, &md_in, &md_stage[0],
                                    false, !pre)))
         goto fail;
@@ -203,14 +221,14 @@ static int fold_all(resnet_infer *p, const mfres_model *m) {
     return rc;
 }
 
-int resnet_infer_forward(resnet_infer *p, const mfres_model *m, const float *images, float *logits) {
+/* One chunk of p->chunk images through the network. */
+static int forward_chunk(resnet_infer *p, const mfres_model *m, const float *images, float *logits) {
     const mfres_model_config *c = &m->cfg;
     const net_params *net = resnet_net_params(m);
     const nn_ctx *ctx = p->ctx;
     bool pre = c->block == MFRES_BLOCK_PREACT;
-    int N = c->batch, w = c->base_width, n = m->blocks_per_stage, rc;
+    int N = p->chunk, w = c->base_width, n = m->blocks_per_stage, rc;
 
-    if (model_changed(p, m) && (rc = fold_all(p, m))) return rc;
     dnnl_memory_set_data_handle(p->x_in, (void *)images);
     if ((rc = nn_conv2d_infer_forward(&p->stem, ctx, p->mem[0][0], p->x_in))) return rc;
 
@@ -244,5 +262,26 @@ int resnet_infer_forward(resnet_infer *p, const mfres_model *m, const float *ima
     }
     nn_avgpool_forward(p->pooled, p->buf[x], N, C, HW, ctx->block);
     nn_linear_forward(logits, p->pooled, net->fc_w->data, net->fc_b->data, N, C, c->num_classes);
+    return MFRES_OK;
+}
+
+int resnet_infer_forward(resnet_infer *p, const mfres_model *m, const float *images, float *logits) {
+    const mfres_model_config *c = &m->cfg;
+    int rc;
+    if (model_changed(p, m) && (rc = fold_all(p, m))) return rc;
+    size_t image_floats = (size_t)c->in_c * c->in_h * c->in_w;
+    for (int first = 0; first < c->batch; first += p->chunk) {
+        int count = c->batch - first < p->chunk ? c->batch - first : p->chunk;
+        const float *x = images + first * image_floats;
+        float *out = logits + (size_t)first * c->num_classes;
+        if (count == p->chunk) {
+            if ((rc = forward_chunk(p, m, x, out))) return rc;
+            continue;
+        }
+        memcpy(p->padded_in, x, count * image_floats * sizeof(float));
+        memset(p->padded_in + count * image_floats, 0, (p->chunk - count) * image_floats * sizeof(float));
+        if ((rc = forward_chunk(p, m, p->padded_in, p->padded_logits))) return rc;
+        memcpy(out, p->padded_logits, (size_t)count * c->num_classes * sizeof(float));
+    }
     return MFRES_OK;
 }

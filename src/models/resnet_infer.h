@@ -10,9 +10,7 @@
 
 typedef struct resnet_infer resnet_infer;
 
-/* bufs: three activation buffers, each large enough for a stage-1 map of the
- * whole batch (the model's gradient scratch, idle during inference). */
-int resnet_infer_create(resnet_infer **plan, const mfres_model *m, const nn_ctx *ctx, float *const bufs[3]);
+int resnet_infer_create(resnet_infer **plan, const mfres_model *m, const nn_ctx *ctx);
 /* logits [batch, classes] of images [batch, in_c, in_h, in_w] with the model's
  * current parameters, running statistics and block order. */
 int resnet_infer_forward(resnet_infer *plan, const mfres_model *m, const float *images, float *logits);
