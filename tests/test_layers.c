@@ -245,6 +245,39 @@ START_TEST(residual_and_relu_mask) {
 }
 END_TEST
 
+/* Batch statistics and out = relu(shortcut + BN(t)) in one pass (bn_residual.c)
+ * against the reference batch norm and residual; mean far from zero, so a
+ * careless E[x^2] - mean^2 in float would show. */
+START_TEST(batchnorm_residual_relu_fused) {
+    int N = 5, C = 32, HW = 7 * 9;
+    size_t n = (size_t)N * C * HW;
+    double *t = randn(n, 21), *sc = randn(n, 22), *gamma = randn(C, 23), *beta = randn(C, 24);
+    for (size_t i = 0; i < n; i++) t[i] = 3.0 + 0.5 * t[i];
+    double *bn = calloc(n, 8), *o = calloc(n, 8), *mean = calloc(C, 8), *rstd = calloc(C, 8);
+    ref_batchnorm_forward(bn, mean, rstd, t, gamma, beta, N, C, HW, 1e-5);
+    ref_residual_forward(o, sc, bn, 1.0, true, (long)n);
+    float *tf = to_blocked(t, N, C, HW), *scf = to_blocked(sc, N, C, HW), *gf = to_float(gamma, C), *bf = to_float(beta, C);
+    float *out = mfres_alloc(n * 4, "t"), *meanf = mfres_alloc(C * 4, "t"), *varf = mfres_alloc(C * 4, "t");
+    unsigned char *mask = mfres_alloc(n, "t");
+    nn_batchnorm_statistics(meanf, varf, tf, N, C, HW, ctx.block);
+    nn_bn_residual_relu_forward(out, mask, scf, tf, meanf, varf, gf, bf, 1e-5f, N, C, HW, ctx.block);
+    double *var = malloc(C * 8), *mg = to_double(meanf, C), *vg = to_double(varf, C), *og = from_blocked(out, N, C, HW);
+    for (int c = 0; c < C; c++) var[c] = 1.0 / (rstd[c] * rstd[c]) - 1e-5;
+    ASSERT_CLOSE("batch mean", mg, mean, C, 1e-6);
+    ASSERT_CLOSE("batch variance", vg, var, C, 1e-5);
+    ASSERT_CLOSE("batch norm + residual + relu", og, o, n, 1e-5);
+    for (int b = 0; b < N; b++)
+        for (int c = 0; c < C; c++)
+            for (int p = 0; p < HW; p++) {
+                size_t i = ((size_t)b * C + c) * HW + p, j = (((size_t)b * (C / ctx.block) + c / ctx.block) * HW + p) * ctx.block + c % ctx.block;
+                ck_assert_int_eq(mask[j], o[i] > 0);
+            }
+    free(t), free(sc), free(gamma), free(beta), free(bn), free(o), free(mean), free(rstd), free(var), free(mg), free(vg), free(og);
+    mfres_free(tf), mfres_free(scf), mfres_free(gf), mfres_free(bf), mfres_free(out), mfres_free(meanf), mfres_free(varf);
+    mfres_free(mask);
+}
+END_TEST
+
 START_TEST(shortcut_a_blocked) {
     int N = 3, C = 16, H = 8, W = 6;
     size_t n_in = (size_t)N * C * H * W, n_out = (size_t)N * 2 * C * (H / 2) * (W / 2);
@@ -324,6 +357,7 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, batchnorm_plain);
     tcase_add_test(tc, batchnorm_fused_relu);
     tcase_add_test(tc, residual_and_relu_mask);
+    tcase_add_test(tc, batchnorm_residual_relu_fused);
     tcase_add_test(tc, shortcut_a_blocked);
     tcase_add_test(tc, pool_linear_softmax);
     suite_add_tcase(s, tc);

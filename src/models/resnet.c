@@ -46,7 +46,6 @@ typedef struct block_pos {
     nn_batchnorm bn1, bn2;
     act a0;            /* preact: relu(BN1(x)) */
     act t1, a1, t2;    /* conv1 out, its activation, conv2 out */
-    act b2;            /* postact: BN2(t2), the branch */
     act out;           /* X at the next position */
     unsigned char *out_mask; /* postact: out > 0, for the ReLU's backward */
     float *bn1_stats, *bn2_stats; /* mean | var */
@@ -260,7 +259,6 @@ static void layout_arena(mfres_model *m, arena *a) {
         b->t1.data = take(a, out_bytes);
         b->a1.data = take(a, out_bytes);
         b->t2.data = take(a, out_bytes);
-        if (!pre) b->b2.data = take(a, out_bytes);
         b->out.data = take(a, out_bytes);
         if (!pre) b->out_mask = take(a, out_bytes / sizeof(float));
         b->bn1_stats = take(a, 2 * (pre ? s.c_in : s.c_out) * sizeof(float));
@@ -426,7 +424,7 @@ int mfres_model_create(mfres_model *m, const mfres_model_config *cfg, uint64_t s
         dnnl_memory_desc_t md_inp = md_stage[b->shape.downsample ? b->stage - 1 : b->stage], md_out = md_stage[b->stage];
         if ((pre && (rc = wrap(&b->a0, ctx, md_inp))) || (rc = wrap(&b->t1, ctx, md_out)) ||
             (rc = wrap(&b->a1, ctx, md_out)) || (rc = wrap(&b->t2, ctx, md_out)) ||
-            (!pre && (rc = wrap(&b->b2, ctx, md_out))) || (rc = wrap(&b->out, ctx, md_out)))
+            (rc = wrap(&b->out, ctx, md_out)))
             goto fail;
     }
     for (int k = 0; k < N_SCRATCH; k++)
@@ -453,7 +451,7 @@ void mfres_model_free(mfres_model *m) {
             nn_conv2d_free(&b->conv2);
             nn_batchnorm_free(&b->bn1);
             nn_batchnorm_free(&b->bn2);
-            act *acts[] = {&b->a0, &b->t1, &b->a1, &b->t2, &b->b2, &b->out};
+            act *acts[] = {&b->a0, &b->t1, &b->a1, &b->t2, &b->out};
             for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) destroy_act(acts[i]);
         }
         nn_conv2d_free(&r->stem_conv);
@@ -590,7 +588,7 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x) {
         STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
         STEP_VOID("residual add", st, 0, nn_residual_forward(b->out.data, NULL, shortcut, b->t2.data, h, false, n_out));
     } else {
-        /* The step h is folded into BN2's affine parameters: b2 = h*BN2(t2) comes out of the batch norm itself. */
+        /* The step h is folded into BN2's affine parameters: h*BN2(t2) comes out of the batch norm itself. */
         const block_params *bp = block_params_at(m, b);
         int C = s.c_out;
         for (int c = 0; c < C; c++) b->bn2_scaled[c] = h * bp->bn2_w->data[c], b->bn2_scaled[C + c] = h * bp->bn2_b->data[c];
@@ -598,8 +596,15 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x) {
         STEP("conv fwd", st, conv_layer_flops(&b->conv1), nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, x->mem));
         STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a1, &b->t1, mom));
         STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
-        STEP("batch norm fwd", st, 0, bn_forward(&b->bn2, ctx, &b->b2, &b->t2, mom));
-        STEP_VOID("residual add+relu", st, 0, nn_residual_forward(b->out.data, b->out_mask, shortcut, b->b2.data, 1.0f, true, n_out));
+        /* BN2, the shortcut add and the ReLU in two passes over t2 (src/nn/bn_residual.c). */
+        int HW = s.h_out * s.w_out;
+        float *mean = b->bn2_stats, *var = b->bn2_stats + C;
+        STEP_VOID("batch norm statistics", st, 0,
+                  nn_batchnorm_statistics(mean, var, b->t2.data, m->cfg.batch, C, HW, ctx->block));
+        nn_batchnorm_update_running(&b->bn2, mom);
+        STEP_VOID("batch norm+residual add+relu", st, 0,
+                  nn_bn_residual_relu_forward(b->out.data, b->out_mask, shortcut, b->t2.data, mean, var, b->bn2_scaled,
+                                              b->bn2_scaled + C, m->cfg.bn_eps, m->cfg.batch, C, HW, ctx->block));
     }
     return MFRES_OK;
 }

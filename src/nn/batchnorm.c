@@ -81,6 +81,11 @@ int nn_batchnorm_forward_train(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_
                               {DNNL_ARG_VARIANCE, bn->var}, {DNNL_ARG_SCALE, bn->gamma}, {DNNL_ARG_SHIFT, bn->beta},
                               {DNNL_ARG_WORKSPACE, bn->workspace}};
     NN_CHECK(dnnl_primitive_execute(bn->fwd_train, ctx->stream, bn->workspace ? 7 : 6, args));
+    nn_batchnorm_update_running(bn, momentum);
+    return MFRES_OK;
+}
+
+void nn_batchnorm_update_running(nn_batchnorm *bn, float momentum) {
     float *mean = handle_of(bn->mean), *var = handle_of(bn->var);
     float *rmean = handle_of(bn->running_mean), *rvar = handle_of(bn->running_var);
     double count = (double)bn->N * bn->HW;
@@ -89,7 +94,6 @@ int nn_batchnorm_forward_train(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_
         rmean[c] = (1 - momentum) * rmean[c] + momentum * mean[c];
         rvar[c] = (1 - momentum) * rvar[c] + momentum * var[c] * unbias;
     }
-    return MFRES_OK;
 }
 
 int nn_batchnorm_forward_infer(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in) {

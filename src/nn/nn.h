@@ -139,6 +139,9 @@ void nn_batchnorm_bind_affine(nn_batchnorm *bn, float *gamma, float *beta);
 int nn_batchnorm_forward_train(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in,
                                float momentum);
 int nn_batchnorm_forward_infer(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in);
+/* Running statistics from the bound batch mean/var, as PyTorch updates them
+ * (for statistics computed outside the primitive: nn_batchnorm_statistics). */
+void nn_batchnorm_update_running(nn_batchnorm *bn, float momentum);
 /* din overwritten; dgamma, dbeta overwritten. */
 int nn_batchnorm_backward(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t din, dnnl_memory_t dout,
                           dnnl_memory_t in);
@@ -150,6 +153,14 @@ void nn_batchnorm_free(nn_batchnorm *bn);
  * instead of re-reading 4 bytes of activation from memory. mask may be NULL without relu. */
 void nn_residual_forward(float *out, unsigned char *mask, const float *shortcut, const float *branch, float h,
                          bool relu, size_t n);
+/* Batch mean and biased variance per channel of x (nChw{B}c), as a batch norm
+ * in training mode uses them; the same bits on any thread count. */
+void nn_batchnorm_statistics(float *mean, float *var, const float *x, int N, int C, int HW, int block);
+/* out = relu(shortcut + gamma*(t - mean)/sqrt(var + eps) + beta), mask = out > 0:
+ * the end of a post-activation block in one pass (bn_residual.c). nChw{B}c. */
+void nn_bn_residual_relu_forward(float *out, unsigned char *mask, const float *shortcut, const float *t,
+                                 const float *mean, const float *var, const float *gamma, const float *beta, float eps,
+                                 int N, int C, int HW, int block);
 /* dst += src */
 void nn_add_inplace(float *dst, const float *src, size_t n);
 /* g *= mask, in place: ReLU's backward from the mask nn_residual_forward recorded. */
