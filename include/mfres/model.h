@@ -101,12 +101,13 @@ void mfres_model_sort_blocks(mfres_model *m);
 /* Number of sorted orders that changed in the last mfres_model_sort_blocks call. */
 int mfres_model_last_reorders(const mfres_model *m);
 
-/* Per-kernel timing (mfres bench --profile): when on, forward and backward
- * accumulate the time of every kernel, by kind and stage. Turning it on
- * clears the table. The table is printed per step; step_seconds is the
- * whole measured step, so the table shows what lies outside the kernels. */
+/* Per-kernel timing (mfres bench --profile): when on, forward (training or
+ * inference) and backward accumulate the time of every kernel, by kind, stage
+ * and oneDNN implementation. Turning it on clears the table. The table is
+ * printed per step; step_seconds is the whole measured step (labelled
+ * `whole`), so the table shows what lies outside the kernels. */
 void mfres_model_set_profiling(mfres_model *m, bool on);
-void mfres_model_print_profile(const mfres_model *m, FILE *out, long steps, double step_seconds);
+void mfres_model_print_profile(const mfres_model *m, FILE *out, long steps, double step_seconds, const char *whole);
 
 /* ---- model files (safetensors; tensor names as in PyTorch's state_dict) ---- */
 #define MFRES_MODEL_FORMAT_VERSION 1

@@ -16,23 +16,19 @@
  * and tau buffers (one each), and one arena for activations, saved state and
  * the four gradient scratch buffers the backward pass rotates through. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mfres/core.h"
 #include "mfres/meanfield.h"
 #include "mfres/model.h"
+#include "models/profile.h"
 #include "models/resnet_infer.h"
 #include "models/resnet_internal.h"
 #include "nn/nn.h"
 
-enum { N_SCRATCH = 4, MAX_PROF = 64 };
-
-typedef struct prof_entry {
-    char name[48];
-    double seconds, flops;
-    long calls;
-} prof_entry;
+enum { N_SCRATCH = 4 };
 
 typedef struct act {
     float *data;
@@ -73,9 +69,7 @@ struct resnet_impl {
     resnet_infer *infer; /* the inference pass, batch norms folded */
     bool have_train_forward;
     int last_reorders;
-    bool profiling;
-    int n_prof;
-    prof_entry prof[MAX_PROF];
+    profiler prof;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -526,42 +520,10 @@ static int bn_forward(nn_batchnorm *bn, const nn_ctx *ctx, act *out, const act *
     return nn_batchnorm_forward_train(bn, ctx, out->mem, in->mem, momentum);
 }
 
-/* ---- profiling: time per kernel kind and stage (mfres bench --profile) ---- */
-
-static double prof_start(const struct resnet_impl *r) { return r->profiling ? mfres_now() : 0.0; }
-
-static void prof_stop(struct resnet_impl *r, const char *kind, int stage, double t0, double flops) {
-    if (!r->profiling) return;
-    double dt = mfres_now() - t0;
-    char name[sizeof r->prof[0].name];
-    if (stage >= 0) snprintf(name, sizeof name, "%s [stage %d]", kind, stage + 1);
-    else snprintf(name, sizeof name, "%s", kind);
-    for (int i = 0; i < r->n_prof; i++)
-        if (!strcmp(r->prof[i].name, name)) {
-            r->prof[i].seconds += dt, r->prof[i].calls++, r->prof[i].flops += flops;
-            return;
-        }
-    if (r->n_prof == MAX_PROF) return;
-    prof_entry *e = &r->prof[r->n_prof++];
-    snprintf(e->name, sizeof e->name, "%s", name);
-    e->seconds = dt, e->calls = 1, e->flops = flops;
-}
-
-/* Runs one kernel call, timing it under `kind` when profiling; returns on error. */
-#define STEP(kind, stage, flops, call)                        \
-    do {                                                      \
-        double t0_ = prof_start(r);                           \
-        int rc_ = (call);                                     \
-        prof_stop(r, kind, stage, t0_, flops);                \
-        if (rc_) return rc_;                                  \
-    } while (0)
-/* The same for calls that return nothing. */
-#define STEP_VOID(kind, stage, flops, call)                   \
-    do {                                                      \
-        double t0_ = prof_start(r);                           \
-        call;                                                 \
-        prof_stop(r, kind, stage, t0_, flops);                \
-    } while (0)
+/* ---- profiling (mfres bench --profile): each kernel call timed when on ---- */
+#define STEP(kind, stage, flops, call) PROFILE_CALL(kind, stage, NULL, flops, call)
+#define STEP_CONV(kind, stage, conv, pass, call) PROFILE_CALL(kind, stage, (conv)->impl[pass], conv_layer_flops(conv), call)
+#define STEP_VOID(kind, stage, flops, call) PROFILE_VOID(kind, stage, flops, call)
 
 static double conv_layer_flops(const nn_conv2d *c) {
     return 2.0 * c->N * c->K * c->C * c->R * c->S * c->OH * c->OW;
@@ -569,6 +531,7 @@ static double conv_layer_flops(const nn_conv2d *c) {
 
 static int block_forward(mfres_model *m, block_pos *b, const act *x) {
     struct resnet_impl *r = m->impl;
+    profiler *prof = &r->prof;
     const nn_ctx *ctx = &r->ctx;
     block_shape s = b->shape;
     float h = resnet_step_at(m, b->stage, b->index), mom = m->cfg.bn_momentum;
@@ -583,9 +546,9 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x) {
     }
     if (m->cfg.block == MFRES_BLOCK_PREACT) {
         STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a0, x, mom));
-        STEP("conv fwd", st, conv_layer_flops(&b->conv1), nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, b->a0.mem));
+        STEP_CONV("conv fwd", st, &b->conv1, NN_CONV_FORWARD, nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, b->a0.mem));
         STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn2, ctx, &b->a1, &b->t1, mom));
-        STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
+        STEP_CONV("conv fwd", st, &b->conv2, NN_CONV_FORWARD, nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
         STEP_VOID("residual add", st, 0, nn_residual_forward(b->out.data, NULL, shortcut, b->t2.data, h, false, n_out));
     } else {
         /* The step h is folded into BN2's affine parameters: h*BN2(t2) comes out of the batch norm itself. */
@@ -593,9 +556,9 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x) {
         int C = s.c_out;
         for (int c = 0; c < C; c++) b->bn2_scaled[c] = h * bp->bn2_w->data[c], b->bn2_scaled[C + c] = h * bp->bn2_b->data[c];
         nn_batchnorm_bind_affine(&b->bn2, b->bn2_scaled, b->bn2_scaled + C);
-        STEP("conv fwd", st, conv_layer_flops(&b->conv1), nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, x->mem));
+        STEP_CONV("conv fwd", st, &b->conv1, NN_CONV_FORWARD, nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, x->mem));
         STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn1, ctx, &b->a1, &b->t1, mom));
-        STEP("conv fwd", st, conv_layer_flops(&b->conv2), nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
+        STEP_CONV("conv fwd", st, &b->conv2, NN_CONV_FORWARD, nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
         /* BN2, the shortcut add and the ReLU in two passes over t2 (src/nn/bn_residual.c). */
         int HW = s.h_out * s.w_out;
         float *mean = b->bn2_stats, *var = b->bn2_stats + C;
@@ -625,11 +588,10 @@ static int finish_loss(mfres_model *m, const int32_t *labels, double *loss, int 
 int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labels, bool train, double *loss,
                         int *correct) {
     struct resnet_impl *r = m->impl;
+    profiler *prof = &r->prof;
     r->have_train_forward = false;
     if (!train) {
-        double t0 = prof_start(r);
-        int rc = resnet_infer_forward(r->infer, m, images, r->logits);
-        prof_stop(r, "inference pass (folded)", -1, t0, 0);
+        int rc = resnet_infer_forward(r->infer, m, images, r->logits, prof);
         return rc ? rc : finish_loss(m, labels, loss, correct);
     }
     const nn_ctx *ctx = &r->ctx;
@@ -641,7 +603,7 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
 
     /* Point every layer at the parameters of the block that runs there, and
      * refresh the blocked weight copies: once per step. */
-    double t0 = prof_start(r);
+    double t0 = profile_start(prof);
     nn_conv2d_bind(&r->stem_conv, net->stem_w->data, net->stem_w->grad);
     int rc = nn_conv2d_prepare(&r->stem_conv, ctx);
     if (rc) return rc;
@@ -658,10 +620,10 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
         if ((rc = nn_conv2d_prepare(&r->pos[p].conv1, ctx)) || (rc = nn_conv2d_prepare(&r->pos[p].conv2, ctx)))
             return rc;
     }
-    prof_stop(r, "weight reorders", -1, t0, 0);
+    profile_stop(prof, "weight reorders", -1, NULL, t0, 0);
 
     dnnl_memory_set_data_handle(r->x_in.mem, (void *)images);
-    STEP("conv fwd (stem)", -1, conv_layer_flops(&r->stem_conv),
+    STEP_CONV("conv fwd (stem)", -1, &r->stem_conv, NN_CONV_FORWARD,
          nn_conv2d_forward(&r->stem_conv, ctx, r->stem_t.mem, r->x_in.mem));
     const act *x = &r->stem_t;
     if (!pre) {
@@ -677,11 +639,11 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
         x = &r->final_a;
     }
     int C = 4 * w, HW = (c->in_h / 4) * (c->in_w / 4);
-    t0 = prof_start(r);
+    t0 = profile_start(prof);
     nn_avgpool_forward(r->pooled, x->data, N, C, HW, ctx->block);
     nn_linear_forward(r->logits, r->pooled, net->fc_w->data, net->fc_b->data, N, C, c->num_classes);
     rc = finish_loss(m, labels, loss, correct);
-    prof_stop(r, "pool+fc+loss fwd", -1, t0, 0);
+    profile_stop(prof, "pool+fc+loss fwd", -1, NULL, t0, 0);
     r->have_train_forward = rc == MFRES_OK;
     return rc;
 }
@@ -700,6 +662,7 @@ static void others(int g, int *a, int *b, int *c) {
 /* On entry scratch[*g] holds dE/d(out); on exit scratch[*g] holds dE/d(x). */
 static int block_backward(mfres_model *m, block_pos *b, const act *x, int *g) {
     struct resnet_impl *r = m->impl;
+    profiler *prof = &r->prof;
     const nn_ctx *ctx = &r->ctx;
     block_shape s = b->shape;
     int si = s.downsample ? b->stage - 1 : b->stage, so = b->stage, st = b->stage, s1, s2, spare;
@@ -709,7 +672,6 @@ static int block_backward(mfres_model *m, block_pos *b, const act *x, int *g) {
     size_t n_in = (size_t)m->cfg.batch * s.c_in * s.h_in * s.w_in;
     float *G = r->scratch[*g];
     double *dh = &r->dh[b->stage * m->blocks_per_stage + b->index];
-    double f1 = conv_layer_flops(&b->conv1), f2 = conv_layer_flops(&b->conv2);
     dnnl_memory_t(*S)[3] = r->scratch_mem;
     const block_params *bp = block_params_at(m, b);
     if (m->cfg.block == MFRES_BLOCK_PREACT) {
@@ -718,11 +680,11 @@ static int block_backward(mfres_model *m, block_pos *b, const act *x, int *g) {
          * yields is then h times too small, fixed below on the (small)
          * parameter gradients and in the final add. dE/dh = <G, conv2(a1)> is
          * <W2, dW2> for the unscaled dW2, because conv2 is linear in W2. */
-        STEP("conv bwd weights", st, f2, nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[*g][so]));
-        STEP("conv bwd data", st, f2, nn_conv2d_backward_data(&b->conv2, ctx, S[s2][so], S[*g][so]));
+        STEP_CONV("conv bwd weights", st, &b->conv2, NN_CONV_BACKWARD_WEIGHTS, nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[*g][so]));
+        STEP_CONV("conv bwd data", st, &b->conv2, NN_CONV_BACKWARD_DATA, nn_conv2d_backward_data(&b->conv2, ctx, S[s2][so], S[*g][so]));
         STEP("batch norm+relu bwd", st, 0, nn_batchnorm_backward(&b->bn2, ctx, S[s1][so], S[s2][so], b->t1.mem));
-        STEP("conv bwd weights", st, f1, nn_conv2d_backward_weights(&b->conv1, ctx, b->a0.mem, S[s1][so]));
-        STEP("conv bwd data", st, f1, nn_conv2d_backward_data(&b->conv1, ctx, S[s2][si], S[s1][so]));
+        STEP_CONV("conv bwd weights", st, &b->conv1, NN_CONV_BACKWARD_WEIGHTS, nn_conv2d_backward_weights(&b->conv1, ctx, b->a0.mem, S[s1][so]));
+        STEP_CONV("conv bwd data", st, &b->conv1, NN_CONV_BACKWARD_DATA, nn_conv2d_backward_data(&b->conv1, ctx, S[s2][si], S[s1][so]));
         STEP("batch norm+relu bwd", st, 0, nn_batchnorm_backward(&b->bn1, ctx, S[s1][si], S[s2][si], x->mem));
         double a = 0;
         const float *w2 = bp->conv2_w->data, *dw2 = bp->conv2_w->grad;
@@ -751,11 +713,11 @@ static int block_backward(mfres_model *m, block_pos *b, const act *x, int *g) {
             dgamma[c] *= h, dbeta[c] *= h;
         }
         *dh = a;
-        STEP("conv bwd weights", st, f2, nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[s2][so]));
-        STEP("conv bwd data", st, f2, nn_conv2d_backward_data(&b->conv2, ctx, S[s1][so], S[s2][so]));
+        STEP_CONV("conv bwd weights", st, &b->conv2, NN_CONV_BACKWARD_WEIGHTS, nn_conv2d_backward_weights(&b->conv2, ctx, b->a1.mem, S[s2][so]));
+        STEP_CONV("conv bwd data", st, &b->conv2, NN_CONV_BACKWARD_DATA, nn_conv2d_backward_data(&b->conv2, ctx, S[s1][so], S[s2][so]));
         STEP("batch norm+relu bwd", st, 0, nn_batchnorm_backward(&b->bn1, ctx, S[s2][so], S[s1][so], b->t1.mem));
-        STEP("conv bwd weights", st, f1, nn_conv2d_backward_weights(&b->conv1, ctx, x->mem, S[s2][so]));
-        STEP("conv bwd data", st, f1, nn_conv2d_backward_data(&b->conv1, ctx, S[s1][si], S[s2][so]));
+        STEP_CONV("conv bwd weights", st, &b->conv1, NN_CONV_BACKWARD_WEIGHTS, nn_conv2d_backward_weights(&b->conv1, ctx, x->mem, S[s2][so]));
+        STEP_CONV("conv bwd data", st, &b->conv1, NN_CONV_BACKWARD_DATA, nn_conv2d_backward_data(&b->conv1, ctx, S[s1][si], S[s2][so]));
     }
     /* dE/dx = branch path (in s1) + shortcut path (the residual gradient in G). */
     if (s.downsample) {
@@ -770,6 +732,7 @@ static int block_backward(mfres_model *m, block_pos *b, const act *x, int *g) {
 
 int mfres_model_backward(mfres_model *m) {
     struct resnet_impl *r = m->impl;
+    profiler *prof = &r->prof;
     const nn_ctx *ctx = &r->ctx;
     const mfres_model_config *c = &m->cfg;
     net_params *net = &r->net;
@@ -778,12 +741,12 @@ int mfres_model_backward(mfres_model *m) {
     if (!r->have_train_forward) return mfres_fail(MFRES_EINVAL, "backward needs a training forward pass first");
 
     int g = 0, s1, s2, spare;
-    double t0 = prof_start(r);
+    double t0 = profile_start(prof);
     nn_softmax_xent_backward(r->dlogits, r->probs, r->labels, N, c->num_classes);
     nn_linear_backward(r->dpooled, net->fc_w->grad, net->fc_b->grad, r->dlogits, r->pooled, net->fc_w->data, N, C,
                        c->num_classes);
     nn_avgpool_backward(r->scratch[g], r->dpooled, N, C, HW, ctx->block);
-    prof_stop(r, "pool+fc+loss bwd", -1, t0, 0);
+    profile_stop(prof, "pool+fc+loss bwd", -1, NULL, t0, 0);
     const act *last = &r->pos[r->n_pos - 1].out;
     if (pre) {
         others(g, &s1, &s2, &spare);
@@ -801,7 +764,7 @@ int mfres_model_backward(mfres_model *m) {
              nn_batchnorm_backward(&r->stem_bn, ctx, r->scratch_mem[s1][0], r->scratch_mem[g][0], r->stem_t.mem));
         g = s1;
     }
-    STEP("conv bwd weights (stem)", -1, conv_layer_flops(&r->stem_conv),
+    STEP_CONV("conv bwd weights (stem)", -1, &r->stem_conv, NN_CONV_BACKWARD_WEIGHTS,
          nn_conv2d_backward_weights(&r->stem_conv, ctx, r->x_in.mem, r->scratch_mem[g][0]));
 
     if (c->mode == MFRES_MODE_MEANFIELD) {
@@ -813,34 +776,12 @@ int mfres_model_backward(mfres_model *m) {
 }
 
 void mfres_model_set_profiling(mfres_model *m, bool on) {
-    m->impl->profiling = on;
-    if (on) m->impl->n_prof = 0;
+    m->impl->prof.on = on;
+    if (on) m->impl->prof.n = 0;
 }
 
-static int prof_cmp(const void *a, const void *b) {
-    double x = ((const prof_entry *)a)->seconds, y = ((const prof_entry *)b)->seconds;
-    return (x < y) - (x > y);
-}
-
-void mfres_model_print_profile(const mfres_model *m, FILE *out, long steps, double step_seconds) {
-    const struct resnet_impl *r = m->impl;
-    prof_entry sorted[MAX_PROF];
-    memcpy(sorted, r->prof, sizeof(prof_entry) * r->n_prof);
-    qsort(sorted, r->n_prof, sizeof sorted[0], prof_cmp);
-    double total = 0;
-    for (int i = 0; i < r->n_prof; i++) total += sorted[i].seconds;
-    if (steps < 1) steps = 1;
-    fprintf(out, "  %-34s %9s %6s %7s %9s\n", "kernel", "ms/step", "%", "calls", "GFLOP/s");
-    for (int i = 0; i < r->n_prof; i++) {
-        const prof_entry *e = &sorted[i];
-        char rate[16] = "";
-        if (e->flops > 0) snprintf(rate, sizeof rate, "%9.1f", e->flops / e->seconds / 1e9);
-        fprintf(out, "  %-34s %9.2f %5.1f%% %7ld %9s\n", e->name, 1e3 * e->seconds / steps,
-                100 * e->seconds / (step_seconds * steps), e->calls / steps, rate);
-    }
-    fprintf(out, "  %-34s %9.2f %5.1f%%\n", "model kernels, total", 1e3 * total / steps,
-            100 * total / (step_seconds * steps));
-    fprintf(out, "  %-34s %9.2f %5.1f%%\n", "whole step (incl. optimiser)", 1e3 * step_seconds, 100.0);
+void mfres_model_print_profile(const mfres_model *m, FILE *out, long steps, double step_seconds, const char *whole) {
+    profile_print(&m->impl->prof, out, steps, step_seconds, whole);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -221,66 +221,85 @@ static int fold_all(resnet_infer *p, const mfres_model *m) {
     return rc;
 }
 
+static double conv_flops(const nn_conv2d_infer *conv, int N, int OH, int OW) {
+    return 2.0 * N * conv->K * conv->C * conv->R * conv->S * OH * OW;
+}
+
 /* One chunk of p->chunk images through the network. */
-static int forward_chunk(resnet_infer *p, const mfres_model *m, const float *images, float *logits) {
+static int forward_chunk(resnet_infer *p, const mfres_model *m, const float *images, float *logits, profiler *prof) {
     const mfres_model_config *c = &m->cfg;
     const net_params *net = resnet_net_params(m);
     const nn_ctx *ctx = p->ctx;
     bool pre = c->block == MFRES_BLOCK_PREACT;
-    int N = p->chunk, w = c->base_width, n = m->blocks_per_stage, rc;
+    int N = p->chunk, w = c->base_width, n = m->blocks_per_stage;
+    const char *conv1_kind = "conv+relu (BN folded)";
+    const char *conv2_kind = pre ? "conv+add (h folded)" : "conv+add+relu (BN, h folded)";
 
     dnnl_memory_set_data_handle(p->x_in, (void *)images);
-    if ((rc = nn_conv2d_infer_forward(&p->stem, ctx, p->mem[0][0], p->x_in))) return rc;
+    PROFILE_CALL(pre ? "conv (stem)" : "conv+relu (stem, BN folded)", -1, p->stem.impl,
+                 conv_flops(&p->stem, N, c->in_h, c->in_w),
+                 nn_conv2d_infer_forward(&p->stem, ctx, p->mem[0][0], p->x_in));
 
     int x = 0; /* which buffer holds the residual stream */
     for (int i = 0; i < p->n_pos; i++) {
         infer_pos *b = &p->pos[i];
         block_shape sh = b->shape;
         int s = b->stage, si = sh.downsample ? s - 1 : s, t = (x + 1) % 3, y = (x + 2) % 3;
+        double flops1 = conv_flops(&b->conv1, N, sh.h_out, sh.w_out), flops2 = conv_flops(&b->conv2, N, sh.h_out, sh.w_out);
         if (pre) {
             /* a = relu(BN1(x)) in y, t = relu(conv1'(a)); then y is free for the output. */
             const block_params *bp = &net->blocks[s * n + resnet_block_at(m, s, b->index)];
             bind_bn_infer(&b->bn1, bp->bn1_w, bp->bn1_b, bp->bn1_rm, bp->bn1_rv);
-            if ((rc = nn_batchnorm_forward_infer(&b->bn1, ctx, p->mem[y][si], p->mem[x][si])) ||
-                (rc = nn_conv2d_infer_forward(&b->conv1, ctx, p->mem[t][s], p->mem[y][si])))
-                return rc;
-        } else if ((rc = nn_conv2d_infer_forward(&b->conv1, ctx, p->mem[t][s], p->mem[x][si]))) {
-            return rc;
+            PROFILE_CALL("batch norm+relu", s, NULL, 0,
+                         nn_batchnorm_forward_infer(&b->bn1, ctx, p->mem[y][si], p->mem[x][si]));
+            PROFILE_CALL(conv1_kind, s, b->conv1.impl, flops1,
+                         nn_conv2d_infer_forward(&b->conv1, ctx, p->mem[t][s], p->mem[y][si]));
+        } else {
+            PROFILE_CALL(conv1_kind, s, b->conv1.impl, flops1,
+                         nn_conv2d_infer_forward(&b->conv1, ctx, p->mem[t][s], p->mem[x][si]));
         }
         if (sh.downsample) {
-            nn_shortcut_a_forward(p->buf[y], p->buf[x], N, sh.c_in, sh.h_in, sh.w_in, ctx->block);
+            PROFILE_VOID("shortcut A", s, 0,
+                         nn_shortcut_a_forward(p->buf[y], p->buf[x], N, sh.c_in, sh.h_in, sh.w_in, ctx->block));
             x = y;
         }
-        if ((rc = nn_conv2d_infer_forward(&b->conv2, ctx, p->mem[x][s], p->mem[t][s]))) return rc;
+        PROFILE_CALL(conv2_kind, s, b->conv2.impl, flops2,
+                     nn_conv2d_infer_forward(&b->conv2, ctx, p->mem[x][s], p->mem[t][s]));
     }
     int C = 4 * w, HW = (c->in_h / 4) * (c->in_w / 4);
     if (pre) {
         int a = (x + 1) % 3;
         bind_bn_infer(&p->final_bn, net->final_bn_w, net->final_bn_b, net->final_bn_rm, net->final_bn_rv);
-        if ((rc = nn_batchnorm_forward_infer(&p->final_bn, ctx, p->mem[a][2], p->mem[x][2]))) return rc;
+        PROFILE_CALL("batch norm+relu (final)", -1, NULL, 0,
+                     nn_batchnorm_forward_infer(&p->final_bn, ctx, p->mem[a][2], p->mem[x][2]));
         x = a;
     }
+    double t0 = profile_start(prof);
     nn_avgpool_forward(p->pooled, p->buf[x], N, C, HW, ctx->block);
     nn_linear_forward(logits, p->pooled, net->fc_w->data, net->fc_b->data, N, C, c->num_classes);
+    profile_stop(prof, "pool+fc", -1, NULL, t0, 0);
     return MFRES_OK;
 }
 
-int resnet_infer_forward(resnet_infer *p, const mfres_model *m, const float *images, float *logits) {
+int resnet_infer_forward(resnet_infer *p, const mfres_model *m, const float *images, float *logits, profiler *prof) {
     const mfres_model_config *c = &m->cfg;
     int rc;
-    if (model_changed(p, m) && (rc = fold_all(p, m))) return rc;
+    double t0 = profile_start(prof);
+    bool refold = model_changed(p, m);
+    if (refold && (rc = fold_all(p, m))) return rc;
+    if (refold) profile_stop(prof, "fold batch norms into weights", -1, NULL, t0, 0);
     size_t image_floats = (size_t)c->in_c * c->in_h * c->in_w;
     for (int first = 0; first < c->batch; first += p->chunk) {
         int count = c->batch - first < p->chunk ? c->batch - first : p->chunk;
         const float *x = images + first * image_floats;
         float *out = logits + (size_t)first * c->num_classes;
         if (count == p->chunk) {
-            if ((rc = forward_chunk(p, m, x, out))) return rc;
+            if ((rc = forward_chunk(p, m, x, out, prof))) return rc;
             continue;
         }
         memcpy(p->padded_in, x, count * image_floats * sizeof(float));
         memset(p->padded_in + count * image_floats, 0, (p->chunk - count) * image_floats * sizeof(float));
-        if ((rc = forward_chunk(p, m, p->padded_in, p->padded_logits))) return rc;
+        if ((rc = forward_chunk(p, m, p->padded_in, p->padded_logits, prof))) return rc;
         memcpy(out, p->padded_logits, (size_t)count * c->num_classes * sizeof(float));
     }
     return MFRES_OK;

@@ -112,6 +112,9 @@ int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int 
     rc = make_primitive(&conv->bwd_weights, pd);
     const dnnl_memory_desc_t *dw_md = dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
     if (!rc) rc = make_layout_copy(ctx, dw_md, &w_plain, false, &conv->dw, &conv->dw_buf, &conv->reorder_dw);
+    nn_impl_name(conv->fwd, conv->impl[NN_CONV_FORWARD], sizeof conv->impl[0]);
+    nn_impl_name(conv->bwd_data, conv->impl[NN_CONV_BACKWARD_DATA], sizeof conv->impl[0]);
+    nn_impl_name(conv->bwd_weights, conv->impl[NN_CONV_BACKWARD_WEIGHTS], sizeof conv->impl[0]);
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
     dnnl_primitive_desc_destroy(fwd_pd);

@@ -41,6 +41,7 @@ int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H,
     TRY(dnnl_primitive_attr_set_post_ops(attr, post_ops));
     if (!rc) rc = nn_conv_primitive_desc(&pd, ctx, NN_CONV_FORWARD_INFERENCE, &geo, attr, NULL);
     TRY(dnnl_primitive_create(&conv->fwd, pd));
+    if (!rc) nn_impl_name(conv->fwd, conv->impl, sizeof conv->impl);
     if (!rc) {
         const dnnl_memory_desc_t *w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         conv->w_buf = mfres_alloc(dnnl_memory_desc_get_size(w_md), "convolution weights (inference layout)");

@@ -51,6 +51,9 @@ dnnl_memory_desc_t nn_md_vector(int C);
 /* Wraps a caller-owned buffer (may be NULL now and set later) in a oneDNN memory object. */
 int nn_memory_wrap(dnnl_memory_t *mem, const nn_ctx *ctx, const dnnl_memory_desc_t *md, void *data);
 
+/* oneDNN's name for the implementation behind a primitive ("jit_wino_4x3:avx512_core"). */
+void nn_impl_name(const_dnnl_primitive_t prim, char *buf, size_t n);
+
 /* Returns MFRES_EBACKEND with a message naming the call if status is not success. */
 int nn_check(dnnl_status_t status, const char *what, const char *file, int line);
 #define NN_CHECK(call)                                                            \
@@ -81,6 +84,7 @@ typedef struct nn_conv2d {
     dnnl_memory_t w_plain, dw_plain;       /* handles point into the parameter / gradient buffers */
     dnnl_memory_t w_fwd, w_bwd_data, dw;   /* oneDNN's preferred layouts (own buffers, or aliases) */
     float *w_fwd_buf, *w_bwd_data_buf, *dw_buf;
+    char impl[4][40]; /* oneDNN's implementation per nn_conv_pass, for profiles */
 } nn_conv2d;
 
 /* src_md and dst_md fix the activation layouts; the weights layout is oneDNN's choice. */
@@ -106,6 +110,7 @@ typedef struct nn_conv2d_infer {
     dnnl_primitive_t fwd, reorder_w;
     dnnl_memory_t w_plain, w, bias; /* w: oneDNN's inference layout (own buffer) */
     float *w_buf, *b_buf;
+    char impl[40];
 } nn_conv2d_infer;
 
 int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H, int W, int K, int R, int S,

@@ -13,6 +13,14 @@ int nn_check(dnnl_status_t status, const char *what, const char *file, int line)
                       what);
 }
 
+void nn_impl_name(const_dnnl_primitive_t prim, char *buf, size_t n) {
+    const_dnnl_primitive_desc_t pd;
+    const char *name = NULL;
+    if (prim && dnnl_primitive_get_primitive_desc(prim, &pd) == dnnl_success)
+        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name);
+    snprintf(buf, n, "%s", name ? name : "");
+}
+
 int nn_ctx_init(nn_ctx *ctx) {
     memset(ctx, 0, sizeof *ctx);
     NN_CHECK(dnnl_engine_create(&ctx->engine, dnnl_cpu, 0));
