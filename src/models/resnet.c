@@ -695,8 +695,7 @@ static int block_backward(mfres_model *m, block_pos *b, const act *x, int *g) {
             float *first = bp->conv1_w->grad, *last = bp->bn2_b->grad + bp->bn2_b->numel;
             for (float *p = first; p < last; p++) *p *= h;
             float *branch = r->scratch[s1];
-#pragma omp parallel for schedule(static)
-            for (size_t i = 0; i < n_out; i++) branch[i] *= h;
+            STEP_VOID("branch gradient *h", st, 0, nn_scale_inplace(branch, h, n_in));
         }
     } else {
         /* out = relu(x + BN2'(t2)) with BN2' = h*BN2 (scale h*gamma, shift h*beta).

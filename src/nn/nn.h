@@ -166,6 +166,8 @@ void nn_batchnorm_statistics(float *mean, float *var, const float *x, int N, int
 void nn_bn_residual_relu_forward(float *out, unsigned char *mask, const float *shortcut, const float *t,
                                  const float *mean, const float *var, const float *gamma, const float *beta, float eps,
                                  int N, int C, int HW, int block);
+/* x *= a */
+void nn_scale_inplace(float *x, float a, size_t n);
 /* dst += src */
 void nn_add_inplace(float *dst, const float *src, size_t n);
 /* g *= mask, in place: ReLU's backward from the mask nn_residual_forward recorded. */

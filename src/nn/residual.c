@@ -26,6 +26,11 @@ void nn_residual_forward(float *out, unsigned char *mask, const float *shortcut,
     }
 }
 
+void nn_scale_inplace(float *x, float a, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] *= a;
+}
+
 void nn_add_inplace(float *dst, const float *src, size_t n) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) dst[i] += src[i];
