@@ -12,7 +12,10 @@ checks:
   - the loss before each of the SGD steps and after the last (torch.optim.SGD,
     two parameter groups: theta with weight decay, tau with lr * tau_lr_mult and
     no weight decay; tau clamped to [0, T_end] after each step) <= STEP_TOL;
-  - the parameters, running statistics and tau after the steps (bonus).
+  - the parameters, running statistics and tau after the steps (bonus);
+  - the inference loss (batch norms with running statistics; mfres folds them
+    into the convolutions) of the final C model, loaded into a fresh float64
+    PyTorch model in eval mode <= LOSS_TOL.
 Where a ReLU input of the float64 reference lies within float32 reach of zero,
 the float32 side may have taken the other branch of the kink; resolve_kinks
 accepts that other one-sided gradient, and says so in the case's line.
@@ -370,13 +373,23 @@ def run_case(build, tmp, case):
         if not e <= STATE_TOL:
             ok = False
             msgs.append("after %d steps, %s: rel %.2e" % (steps, k, e))
+    # ---- inference: C's final model, folded batch norms, against PyTorch's eval mode on the same tensors
+    evaluator = ResNet(depth, preact, meanfield, in_c, int(meta["num_classes"]), int(meta["base_width"])).double()
+    evaluator.load_state_dict({k: v.double() for k, v in final_c.items()}, strict=False)
+    evaluator.eval()
+    with torch.no_grad():
+        eval_t = F.cross_entropy(evaluator(x), y).item()
+    e_eval = abs(res["eval_loss"] - eval_t) / abs(eval_t)
+    if not e_eval <= LOSS_TOL:
+        ok = False
+        msgs.append("inference loss: C %.9g torch %.9g rel %.2e" % (res["eval_loss"], eval_t, e_eval))
     tau_final = ""
     if taus:
         tau_final = " tau after: C %s torch %s" % (["%.4f" % v for v in res["tau_final"]],
                                                  ["%.4f" % t.item() for t in taus])
-    print("%s %-36s %4.1fs loss %.1e | grad max %.1e (%s) tau %.1e%s | steps %.1e | state %.1e (%s) | losses %s%s" %
+    print("%s %-36s %4.1fs loss %.1e | grad max %.1e (%s) tau %.1e%s | steps %.1e | state %.1e (%s) | eval %.1e | losses %s%s" %
           ("ok  " if ok else "FAIL", name, time.time() - t0, e_loss, worst_g, worst_g_name, worst_tau, kinks, worst_step, worst_state,
-           worst_state_name, ",".join("%.5f" % v for v in losses_t), tau_final))
+           worst_state_name, e_eval, ",".join("%.5f" % v for v in losses_t), tau_final))
     for m in msgs:
         print("    " + m)
     return ok

@@ -181,7 +181,8 @@ static int save_inputs(const mfres_model *m, const float *images, const float *l
     return mfres_safetensors_save(path, w, 2, NULL, 0);
 }
 
-static int write_result(const mfres_model *m, const options *o, const double *losses, const char *path) {
+static int write_result(const mfres_model *m, const options *o, const double *losses, double eval_loss,
+                        const char *path) {
     mfres_atomic_file af;
     int rc = mfres_atomic_open(&af, path);
     if (rc) return rc;
@@ -196,7 +197,7 @@ static int write_result(const mfres_model *m, const options *o, const double *lo
     for (int k = 0; k < o->steps; k++) fprintf(f, "%s%.17g", k ? ", " : "", losses[k]);
     fprintf(f, "],\n  \"final_loss\": %.17g,\n  \"tau_final\": [", losses[o->steps]);
     for (int i = 0; i < m->n_tau; i++) fprintf(f, "%s%.9g", i ? ", " : "", m->tau[i]);
-    fprintf(f, "]\n}\n");
+    fprintf(f, "],\n  \"eval_loss\": %.17g\n}\n", eval_loss);
     return mfres_atomic_commit(&af);
 }
 
@@ -254,7 +255,11 @@ int main(int argc, char **argv) {
     if (o.steps == 0) { /* the gradient dump still needs a backward pass */
         if ((rc = mfres_model_backward(&m)) || (rc = save_grads(&m, p_grads))) goto done;
     }
-    if ((rc = mfres_model_save(&m, p_final, "random", NULL, NULL)) || (rc = write_result(&m, &o, losses, p_result)))
+    /* The inference pass (batch norms folded into the convolutions) on the final state. */
+    double eval_loss;
+    if ((rc = mfres_model_forward(&m, images, labels, false, &eval_loss, NULL))) goto done;
+    if ((rc = mfres_model_save(&m, p_final, "random", NULL, NULL)) ||
+        (rc = write_result(&m, &o, losses, eval_loss, p_result)))
         goto done;
     printf("resnet_dump: ResNet-%d %s %s%s%s: loss0 %.9g, after %d steps %.9g -> %s\n", c->depth,
            mfres_block_name(c->block), mfres_mode_name(c->mode), c->mode == MFRES_MODE_MEANFIELD ? " tau " : "",
