@@ -18,7 +18,7 @@
  *
  * The batch runs in chunks of about 2 MiB of stage-1 activations (32 CIFAR
  * images), so that a chunk's maps stay in cache from one convolution to the
- * next: 5-15% faster than the whole batch of 128 at once on a 2-core Zen 4.
+ * next: about 8% faster than the whole batch of 128 at once on a 2-core Zen 4.
  * A last, short chunk is padded with zero images.
  *
  * Folding, and oneDNN's reorder of the folded weights into its inference
