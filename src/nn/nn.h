@@ -85,6 +85,11 @@ typedef struct nn_conv2d {
     dnnl_memory_t w_fwd, w_bwd_data, dw;   /* oneDNN's preferred layouts (own buffers, or aliases) */
     float *w_fwd_buf, *w_bwd_data_buf, *dw_buf;
     char impl[4][40]; /* oneDNN's implementation per nn_conv_pass, for profiles */
+    /* Set when the source is taken in oneDNN's layout (see nn_conv2d_init). */
+    dnnl_primitive_t reorder_src;
+    dnnl_memory_t src_copy;
+    dnnl_memory_desc_t src_md;
+    float *src_buf;
 } nn_conv2d;
 
 /* src_md and dst_md fix the activation layouts; the weights layout is oneDNN's choice. */
