@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test binary in build/tests and every tests/test_*.py under Debian's
-# python3 (the one that sees python3-torch). Prints one line per test program
+# python3 (the one that sees python3-torch), the numerical ones twice (native
+# ISA, then AVX2). Prints one line per test program
 # and a final "N passed, N failed" line; exits non-zero if anything failed.
 set -u
 cd "$(dirname "$0")/.."
@@ -27,6 +28,13 @@ for t in tests/test_*.py; do
   [ -f "$t" ] || continue
   run_one "$(basename "$t")" /usr/bin/python3 "$t"
 done
+# The numerical tests again with oneDNN held to AVX2, so that the AVX2 code
+# paths (8-channel blocks, our own Winograd kernel, the stem's layout fallback)
+# are tested on AVX-512 machines too.
+for t in build/tests/test_layers build/tests/test_model; do
+  [ -x "$t" ] && run_one "$(basename "$t") (AVX2)" env DNNL_MAX_CPU_ISA=AVX2 "$t"
+done
+run_one "test_torch_reference.py (AVX2)" env DNNL_MAX_CPU_ISA=AVX2 /usr/bin/python3 tests/test_torch_reference.py
 for t in tests/test_*.sh; do
   [ -f "$t" ] || continue
   run_one "$(basename "$t")" bash "$t"

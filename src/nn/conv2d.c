@@ -5,6 +5,8 @@
  * plain weights with blocked activations fall to a reference kernel hundreds
  * of times slower. So each layer owns blocked copies, refreshed once per step
  * by nn_conv2d_prepare(), and reorders the weight gradient back to plain. */
+#include <omp.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "mfres/core.h"
@@ -123,11 +125,45 @@ static void set_shape(nn_conv2d *conv, int N, int C, int H, int W, int K, int R,
     conv->OW = (W + 2 * pad - S) / stride + 1;
 }
 
+/* The passes that run on our Winograd kernel, their weight buffers and the shared scratch. */
+static int setup_own_winograd(nn_conv2d *conv, const nn_ctx *ctx) {
+    bool any = false;
+    for (int p = 0; p < 4; p++) {
+        if (p == NN_CONV_BACKWARD_DATA && !conv->backward_data) continue;
+        conv->own_winograd[p] = nn_conv_own_winograd(ctx, (nn_conv_pass)p, conv->C, conv->K, conv->H, conv->W,
+                                                     conv->R, conv->S, conv->stride, conv->pad);
+        if (conv->own_winograd[p]) {
+            any = true;
+            snprintf(conv->impl[p], sizeof conv->impl[p], "mfres winograd 4x3");
+        }
+    }
+    if (!any) return MFRES_OK;
+    size_t u = (size_t)36 * conv->C * conv->K;
+    float *U = mfres_alloc(u * sizeof(float), "Winograd weights");
+    float *U_data = conv->own_winograd[NN_CONV_BACKWARD_DATA] ? mfres_alloc(u * sizeof(float), "Winograd weights") : NULL;
+    if (!U || (conv->own_winograd[NN_CONV_BACKWARD_DATA] && !U_data)) {
+        mfres_free(U), mfres_free(U_data);
+        return MFRES_ENOMEM;
+    }
+    int threads = omp_get_max_threads();
+    nn_winograd_init(&conv->winograd, conv->N, conv->C, conv->H, conv->W, conv->K, U, U_data, NULL, threads);
+    size_t need = nn_winograd_workspace_floats(conv->C, conv->K, threads);
+    struct nn_scratch *s = ctx->scratch;
+    if (need > s->floats) {
+        float *data = mfres_alloc(need * sizeof(float), "layer scratch");
+        if (!data) return MFRES_ENOMEM;
+        mfres_free(s->data);
+        s->data = data, s->floats = need;
+    }
+    return MFRES_OK;
+}
+
 int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
                    int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md, bool backward_data) {
     set_shape(conv, N, C, H, W, K, R, S, stride, pad, backward_data);
     nn_conv_geometry geo = {C, H, W, K, R, S, stride, pad, src_md, dst_md, false};
     int rc = build_passes(conv, ctx, &geo);
+    if (!rc) rc = setup_own_winograd(conv, ctx);
     if (rc || backward_data || strncmp(conv->impl[NN_CONV_BACKWARD_WEIGHTS], "ref", 3)) return rc;
 
     /* oneDNN has only its reference kernel (hundreds of times slower) for some
@@ -180,6 +216,7 @@ int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int 
 }
 
 void nn_conv2d_bind(nn_conv2d *conv, float *w, float *dw) {
+    conv->w_bound = w, conv->dw_bound = dw;
     dnnl_memory_set_data_handle(conv->w_plain, w);
     dnnl_memory_set_data_handle(conv->dw_plain, dw);
 }
@@ -192,6 +229,7 @@ static int run_reorder(const nn_ctx *ctx, dnnl_primitive_t reorder, dnnl_memory_
 
 int nn_conv2d_prepare(nn_conv2d *conv, const nn_ctx *ctx) {
     int rc = MFRES_OK;
+    if (conv->winograd.U) nn_winograd_set_weights(&conv->winograd, conv->w_bound);
     if (conv->reorder_w_fwd) rc = run_reorder(ctx, conv->reorder_w_fwd, conv->w_plain, conv->w_fwd);
     if (!rc && conv->reorder_w_bwd_data) rc = run_reorder(ctx, conv->reorder_w_bwd_data, conv->w_plain, conv->w_bwd_data);
     return rc;
@@ -205,7 +243,27 @@ static int source(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t *in) {
     return rc;
 }
 
+static float *data_of(dnnl_memory_t mem) {
+    void *p = NULL;
+    dnnl_memory_get_data_handle(mem, &p);
+    return p;
+}
+
+/* The layer's Winograd state with the shared scratch and the current thread count. */
+static nn_winograd winograd_now(const nn_conv2d *conv, const nn_ctx *ctx) {
+    nn_winograd wg = conv->winograd;
+    int threads = omp_get_max_threads();
+    wg.workspace = ctx->scratch->data;
+    if (threads < wg.threads) wg.threads = threads;
+    return wg;
+}
+
 int nn_conv2d_forward(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in) {
+    if (conv->own_winograd[NN_CONV_FORWARD]) {
+        nn_winograd wg = winograd_now(conv, ctx);
+        nn_winograd_forward(&wg, data_of(out), data_of(in));
+        return MFRES_OK;
+    }
     dnnl_exec_arg_t args[] = {
         {DNNL_ARG_SRC, in}, {DNNL_ARG_WEIGHTS, conv->w_fwd ? conv->w_fwd : conv->w_plain}, {DNNL_ARG_DST, out}};
     NN_CHECK(dnnl_primitive_execute(conv->fwd, ctx->stream, 3, args));
@@ -214,6 +272,11 @@ int nn_conv2d_forward(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t out, dnn
 
 int nn_conv2d_backward_data(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t din, dnnl_memory_t dout) {
     if (!conv->bwd_data) return mfres_fail(MFRES_EINVAL, "convolution built without backward-data");
+    if (conv->own_winograd[NN_CONV_BACKWARD_DATA]) {
+        nn_winograd wg = winograd_now(conv, ctx);
+        nn_winograd_backward_data(&wg, data_of(din), data_of(dout));
+        return MFRES_OK;
+    }
     dnnl_exec_arg_t args[] = {{DNNL_ARG_DIFF_DST, dout},
                               {DNNL_ARG_WEIGHTS, conv->w_bwd_data ? conv->w_bwd_data : conv->w_plain},
                               {DNNL_ARG_DIFF_SRC, din}};
@@ -222,6 +285,11 @@ int nn_conv2d_backward_data(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t di
 }
 
 int nn_conv2d_backward_weights(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t in, dnnl_memory_t dout) {
+    if (conv->own_winograd[NN_CONV_BACKWARD_WEIGHTS]) {
+        nn_winograd wg = winograd_now(conv, ctx);
+        nn_winograd_backward_weights(&wg, conv->dw_bound, data_of(in), data_of(dout));
+        return MFRES_OK;
+    }
     int rc = source(conv, ctx, &in);
     if (rc) return rc;
     dnnl_exec_arg_t args[] = {
@@ -244,5 +312,7 @@ void nn_conv2d_free(nn_conv2d *conv) {
     mfres_free(conv->w_bwd_data_buf);
     mfres_free(conv->dw_buf);
     mfres_free(conv->src_buf);
+    mfres_free(conv->winograd.U);
+    mfres_free(conv->winograd.U_data);
     memset(conv, 0, sizeof *conv);
 }

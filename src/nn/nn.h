@@ -26,6 +26,12 @@ typedef struct nn_ctx {
     /* Convolution algorithm: 0 = our per-pass choice (nn_conv_algorithm);
      * otherwise the algorithm MFRES_CONV_ALGO=direct|winograd|auto names. */
     dnnl_alg_kind_t conv_alg_override;
+    /* Scratch shared by the layers, which run one at a time (nn_winograd's
+     * per-thread tile blocks); grown by layers at build time. */
+    struct nn_scratch {
+        float *data;
+        size_t floats;
+    } *scratch;
 } nn_ctx;
 
 /* The passes of a convolution, for the choice of algorithm. */
@@ -40,6 +46,11 @@ typedef enum nn_conv_pass {
  * channels; see onednn.c for the measurements behind the rule. A Winograd
  * choice falls back to direct where oneDNN has no Winograd kernel (AVX2). */
 dnnl_alg_kind_t nn_conv_algorithm(const nn_ctx *ctx, nn_conv_pass pass, int C, int K, int R, int S, int stride);
+/* Whether a pass runs on our own Winograd kernel (winograd.c) instead of oneDNN:
+ * on machines where oneDNN has none (8-channel blocks, AVX2), for the shapes
+ * where it measured faster. */
+bool nn_conv_own_winograd(const nn_ctx *ctx, nn_conv_pass pass, int C, int K, int H, int W, int R, int S, int stride,
+                          int pad);
 
 int nn_ctx_init(nn_ctx *ctx);
 void nn_ctx_free(nn_ctx *ctx);
@@ -61,6 +72,25 @@ int nn_check(dnnl_status_t status, const char *what, const char *file, int line)
         int nn_rc_ = nn_check((call), #call, __FILE__, __LINE__);                 \
         if (nn_rc_) return nn_rc_;                                                \
     } while (0)
+
+/* ---- winograd: F(4x4, 3x3) for 3x3 stride-1 layers on nChw8c (winograd.c) ----
+ * For machines where oneDNN has no Winograd kernel (AVX2). Weights are plain
+ * OIHW; U (and U_data, for backward-data) hold the transformed copies,
+ * 36*C*K floats each; the workspace (nn_winograd_workspace_floats) may be
+ * shared by all layers, which run one at a time. */
+typedef struct nn_winograd {
+    int N, C, H, W, K, TH, TW, threads;
+    float *U, *U_data, *workspace;
+} nn_winograd;
+
+bool nn_winograd_supported(int C, int K, int R, int S, int stride, int pad, int block);
+size_t nn_winograd_workspace_floats(int C, int K, int threads);
+void nn_winograd_init(nn_winograd *wg, int N, int C, int H, int W, int K, float *U, float *U_data, float *workspace,
+                      int threads);
+void nn_winograd_set_weights(nn_winograd *wg, const float *w);
+void nn_winograd_forward(const nn_winograd *wg, float *y, const float *x);        /* y overwritten */
+void nn_winograd_backward_data(const nn_winograd *wg, float *dx, const float *dy); /* dx overwritten */
+void nn_winograd_backward_weights(const nn_winograd *wg, float *dw, const float *x, const float *dy); /* OIHW, overwritten */
 
 /* ---- what nn_conv2d and nn_conv2d_infer share ---- */
 typedef struct nn_conv_geometry {
@@ -85,6 +115,10 @@ typedef struct nn_conv2d {
     dnnl_memory_t w_fwd, w_bwd_data, dw;   /* oneDNN's preferred layouts (own buffers, or aliases) */
     float *w_fwd_buf, *w_bwd_data_buf, *dw_buf;
     char impl[4][40]; /* oneDNN's implementation per nn_conv_pass, for profiles */
+    /* Passes on our own Winograd kernel (nn_conv_own_winograd), and its transformed weights. */
+    bool own_winograd[4];
+    nn_winograd winograd;
+    float *w_bound, *dw_bound;
     /* Set when the source is taken in oneDNN's layout (see nn_conv2d_init). */
     dnnl_primitive_t reorder_src;
     dnnl_memory_t src_copy;
