@@ -147,15 +147,7 @@ static int setup_own_winograd(nn_conv2d *conv, const nn_ctx *ctx) {
     }
     int threads = omp_get_max_threads();
     nn_winograd_init(&conv->winograd, conv->N, conv->C, conv->H, conv->W, conv->K, U, U_data, NULL, threads);
-    size_t need = nn_winograd_workspace_floats(conv->C, conv->K, threads);
-    struct nn_scratch *s = ctx->scratch;
-    if (need > s->floats) {
-        float *data = mfres_alloc(need * sizeof(float), "layer scratch");
-        if (!data) return MFRES_ENOMEM;
-        mfres_free(s->data);
-        s->data = data, s->floats = need;
-    }
-    return MFRES_OK;
+    return nn_scratch_reserve(ctx, nn_winograd_workspace_floats(conv->C, conv->K, threads));
 }
 
 int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
@@ -243,25 +235,12 @@ static int source(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t *in) {
     return rc;
 }
 
-static float *data_of(dnnl_memory_t mem) {
-    void *p = NULL;
-    dnnl_memory_get_data_handle(mem, &p);
-    return p;
-}
 
-/* The layer's Winograd state with the shared scratch and the current thread count. */
-static nn_winograd winograd_now(const nn_conv2d *conv, const nn_ctx *ctx) {
-    nn_winograd wg = conv->winograd;
-    int threads = omp_get_max_threads();
-    wg.workspace = ctx->scratch->data;
-    if (threads < wg.threads) wg.threads = threads;
-    return wg;
-}
 
 int nn_conv2d_forward(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in) {
     if (conv->own_winograd[NN_CONV_FORWARD]) {
-        nn_winograd wg = winograd_now(conv, ctx);
-        nn_winograd_forward(&wg, data_of(out), data_of(in));
+        nn_winograd wg = nn_winograd_bound(&conv->winograd, ctx);
+        nn_winograd_forward(&wg, nn_data_of(out), nn_data_of(in));
         return MFRES_OK;
     }
     dnnl_exec_arg_t args[] = {
@@ -273,8 +252,8 @@ int nn_conv2d_forward(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t out, dnn
 int nn_conv2d_backward_data(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t din, dnnl_memory_t dout) {
     if (!conv->bwd_data) return mfres_fail(MFRES_EINVAL, "convolution built without backward-data");
     if (conv->own_winograd[NN_CONV_BACKWARD_DATA]) {
-        nn_winograd wg = winograd_now(conv, ctx);
-        nn_winograd_backward_data(&wg, data_of(din), data_of(dout));
+        nn_winograd wg = nn_winograd_bound(&conv->winograd, ctx);
+        nn_winograd_backward_data(&wg, nn_data_of(din), nn_data_of(dout));
         return MFRES_OK;
     }
     dnnl_exec_arg_t args[] = {{DNNL_ARG_DIFF_DST, dout},
@@ -286,8 +265,8 @@ int nn_conv2d_backward_data(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t di
 
 int nn_conv2d_backward_weights(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t in, dnnl_memory_t dout) {
     if (conv->own_winograd[NN_CONV_BACKWARD_WEIGHTS]) {
-        nn_winograd wg = winograd_now(conv, ctx);
-        nn_winograd_backward_weights(&wg, conv->dw_bound, data_of(in), data_of(dout));
+        nn_winograd wg = nn_winograd_bound(&conv->winograd, ctx);
+        nn_winograd_backward_weights(&wg, conv->dw_bound, nn_data_of(in), nn_data_of(dout));
         return MFRES_OK;
     }
     int rc = source(conv, ctx, &in);

@@ -11,6 +11,8 @@
  * the weights in a layout prepared once per weight change (for Winograd, the
  * transformed weights) instead of once per call. There is no backward here:
  * training uses nn_conv2d. */
+#include <omp.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "mfres/core.h"
@@ -20,7 +22,22 @@ int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H,
                          int stride, int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md,
                          bool sum, bool relu) {
     memset(conv, 0, sizeof *conv);
-    conv->K = K, conv->C = C, conv->R = R, conv->S = S;
+    conv->K = K, conv->C = C, conv->R = R, conv->S = S, conv->sum = sum, conv->relu = relu;
+    if (nn_conv_own_winograd(ctx, NN_CONV_FORWARD_INFERENCE, C, K, H, W, R, S, stride, pad)) {
+        /* Our Winograd kernel (AVX2 machines), with bias, sum and ReLU in its output transform. */
+        int threads = omp_get_max_threads();
+        float *U = mfres_alloc((size_t)36 * C * K * sizeof(float), "Winograd weights");
+        conv->b_buf = mfres_alloc((size_t)K * sizeof(float), "convolution bias");
+        if (!U || !conv->b_buf) {
+            mfres_free(U);
+            nn_conv2d_infer_free(conv);
+            return MFRES_ENOMEM;
+        }
+        conv->own_winograd = true;
+        nn_winograd_init(&conv->winograd, (int)src_md->dims[0], C, H, W, K, U, NULL, NULL, threads);
+        snprintf(conv->impl, sizeof conv->impl, "mfres winograd 4x3");
+        return nn_scratch_reserve(ctx, nn_winograd_workspace_floats(C, K, threads));
+    }
     dnnl_memory_desc_t w_plain, b_md = nn_md_vector(K);
     dnnl_dims_t wdims = {K, C, R, S};
     dnnl_memory_desc_init_by_tag(&w_plain, 4, wdims, dnnl_f32, dnnl_oihw);
@@ -64,6 +81,10 @@ int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H,
 
 int nn_conv2d_infer_set_weights(nn_conv2d_infer *conv, const nn_ctx *ctx, const float *w, const float *bias) {
     memcpy(conv->b_buf, bias, (size_t)conv->K * sizeof(float));
+    if (conv->own_winograd) {
+        nn_winograd_set_weights(&conv->winograd, w);
+        return MFRES_OK;
+    }
     dnnl_memory_set_data_handle(conv->w_plain, (void *)w);
     dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, conv->w_plain}, {DNNL_ARG_TO, conv->w}};
     NN_CHECK(dnnl_primitive_execute(conv->reorder_w, ctx->stream, 2, args));
@@ -71,6 +92,11 @@ int nn_conv2d_infer_set_weights(nn_conv2d_infer *conv, const nn_ctx *ctx, const 
 }
 
 int nn_conv2d_infer_forward(nn_conv2d_infer *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in) {
+    if (conv->own_winograd) {
+        nn_winograd wg = nn_winograd_bound(&conv->winograd, ctx);
+        nn_winograd_forward_fused(&wg, nn_data_of(out), nn_data_of(in), conv->b_buf, conv->sum, conv->relu);
+        return MFRES_OK;
+    }
     dnnl_exec_arg_t args[] = {
         {DNNL_ARG_SRC, in}, {DNNL_ARG_WEIGHTS, conv->w}, {DNNL_ARG_BIAS, conv->bias}, {DNNL_ARG_DST, out}};
     NN_CHECK(dnnl_primitive_execute(conv->fwd, ctx->stream, 4, args));
@@ -85,5 +111,6 @@ void nn_conv2d_infer_free(nn_conv2d_infer *conv) {
         if (mems[i]) dnnl_memory_destroy(mems[i]);
     mfres_free(conv->w_buf);
     mfres_free(conv->b_buf);
+    mfres_free(conv->winograd.U);
     memset(conv, 0, sizeof *conv);
 }

@@ -89,8 +89,18 @@ void nn_winograd_init(nn_winograd *wg, int N, int C, int H, int W, int K, float 
                       int threads);
 void nn_winograd_set_weights(nn_winograd *wg, const float *w);
 void nn_winograd_forward(const nn_winograd *wg, float *y, const float *x);        /* y overwritten */
+/* y = relu?(y_before? + conv(x) + bias): the inference convolution's post-ops. */
+void nn_winograd_forward_fused(const nn_winograd *wg, float *y, const float *x, const float *bias, bool sum,
+                               bool relu);
 void nn_winograd_backward_data(const nn_winograd *wg, float *dx, const float *dy); /* dx overwritten */
 void nn_winograd_backward_weights(const nn_winograd *wg, float *dw, const float *x, const float *dy); /* OIHW, overwritten */
+
+/* Grows the shared scratch (ctx->scratch) to at least `floats`; at build time. */
+int nn_scratch_reserve(const nn_ctx *ctx, size_t floats);
+/* A layer's Winograd state pointed at the shared scratch, for the current thread count. */
+nn_winograd nn_winograd_bound(const nn_winograd *wg, const nn_ctx *ctx);
+/* The buffer behind a oneDNN memory object. */
+float *nn_data_of(dnnl_memory_t mem);
 
 /* ---- what nn_conv2d and nn_conv2d_infer share ---- */
 typedef struct nn_conv_geometry {
@@ -150,6 +160,8 @@ typedef struct nn_conv2d_infer {
     dnnl_memory_t w_plain, w, bias; /* w: oneDNN's inference layout (own buffer) */
     float *w_buf, *b_buf;
     char impl[40];
+    bool own_winograd, sum, relu; /* on our Winograd kernel (nn_conv_own_winograd) */
+    nn_winograd winograd;
 } nn_conv2d_infer;
 
 int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H, int W, int K, int R, int S,

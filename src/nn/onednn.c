@@ -1,4 +1,5 @@
 /* oneDNN engine, stream and memory-descriptor helpers shared by the layers. */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,17 +74,41 @@ dnnl_alg_kind_t nn_conv_algorithm(const nn_ctx *ctx, nn_conv_pass pass, int C, i
  *   32, 16x16       1.38     1.23           1.04
  *   64,  8x8        1.60     1.31           1.25
  *   32, 14x14       0.92     0.94           0.88   (partial 4x4 tiles waste 31%)
- * so: 32+ channels and maps divisible by 4 for the data passes, 64+ for
- * backward-weights. */
+ * so: 32+ channels and maps divisible by 4 for the data passes (the inference
+ * forward too: its bias, shortcut add and ReLU ride on the output transform),
+ * 64+ for backward-weights. */
 bool nn_conv_own_winograd(const nn_ctx *ctx, nn_conv_pass pass, int C, int K, int H, int W, int R, int S, int stride,
                           int pad) {
     if (ctx->conv_alg_override == dnnl_convolution_direct || ctx->conv_alg_override == dnnl_convolution_auto)
         return false;
     if (!nn_winograd_supported(C, K, R, S, stride, pad, ctx->block) || H % 4 || W % 4) return false;
-    if (ctx->conv_alg_override == dnnl_convolution_winograd) return pass != NN_CONV_FORWARD_INFERENCE;
-    if (pass == NN_CONV_FORWARD || pass == NN_CONV_BACKWARD_DATA) return C >= 32 && K >= 32;
+    if (ctx->conv_alg_override == dnnl_convolution_winograd) return true;
     if (pass == NN_CONV_BACKWARD_WEIGHTS) return C >= 64 && K >= 64;
-    return false; /* inference runs oneDNN with fused post-ops */
+    return C >= 32 && K >= 32;
+}
+
+int nn_scratch_reserve(const nn_ctx *ctx, size_t floats) {
+    struct nn_scratch *s = ctx->scratch;
+    if (floats <= s->floats) return MFRES_OK;
+    float *data = mfres_alloc(floats * sizeof(float), "layer scratch");
+    if (!data) return MFRES_ENOMEM;
+    mfres_free(s->data);
+    s->data = data, s->floats = floats;
+    return MFRES_OK;
+}
+
+nn_winograd nn_winograd_bound(const nn_winograd *wg, const nn_ctx *ctx) {
+    nn_winograd now = *wg;
+    int threads = omp_get_max_threads();
+    now.workspace = ctx->scratch->data;
+    if (threads < now.threads) now.threads = threads;
+    return now;
+}
+
+float *nn_data_of(dnnl_memory_t mem) {
+    void *p = NULL;
+    dnnl_memory_get_data_handle(mem, &p);
+    return p;
 }
 
 void nn_ctx_free(nn_ctx *ctx) {

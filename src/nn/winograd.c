@@ -35,6 +35,7 @@
 enum { TILE_BLOCK = 48, POS = 36, VB = 8 };
 
 typedef float vec __attribute__((vector_size(VB * sizeof(float))));
+typedef int ivec __attribute__((vector_size(VB * sizeof(int))));
 
 static inline vec load(const float *p) {
     vec v;
@@ -111,8 +112,16 @@ static void transform_input(float *V, const float *x, int t0, int nt, int C, int
         memset(V + ((size_t)p * TILE_BLOCK + nt) * C, 0, (size_t)(rows - nt) * C * sizeof(float));
 }
 
+/* What the output transform adds on its way out (inference: a folded batch norm's
+ * bias, the residual shortcut already in y, the ReLU). */
+typedef struct epilogue {
+    const float *bias;
+    bool sum, relu;
+} epilogue;
+
 /* y tiles from M[p][i][k] (K channels), cropped at the map's edge. */
-static void transform_output(float *y, const float *M, int t0, int nt, int K, int H, int W, int TH, int TW) {
+static void transform_output(float *y, const float *M, int t0, int nt, int K, int H, int W, int TH, int TW,
+                             epilogue ep) {
     for (int i = 0; i < nt; i++) {
         int t = t0 + i, n = t / (TH * TW), ty = t / TW % TH, tx = t % TW;
         for (int k = 0; k < K; k += VB) {
@@ -129,7 +138,14 @@ static void transform_output(float *y, const float *M, int t0, int nt, int K, in
                 output_1d(u[r], o);
                 int yy = 4 * ty + r;
                 if (yy >= H) break;
-                for (int s = 0; s < 4 && 4 * tx + s < W; s++) store(y + offset(n, k, yy, 4 * tx + s, K, H, W), o[s]);
+                for (int s = 0; s < 4 && 4 * tx + s < W; s++) {
+                    float *dst = y + offset(n, k, yy, 4 * tx + s, K, H, W);
+                    vec v = o[s];
+                    if (ep.bias) v += load(ep.bias + k);
+                    if (ep.sum) v += load(dst);
+                    if (ep.relu) v = (vec)((ivec)v & (ivec)(v > 0)); /* lanes of v > 0 are all-ones */
+                    store(dst, v);
+                }
             }
         }
     }
@@ -253,31 +269,50 @@ void nn_winograd_set_weights(nn_winograd *wg, const float *w) {
     if (wg->U_data) transform_weights(wg->U_data, w, wg->C, wg->K, true);
 }
 
+/* Tiles per block: at most TILE_BLOCK, a multiple of 6, and enough blocks that
+ * every thread gets the same number (a 32-image chunk of 8x8 maps has only 128
+ * tiles: 3 blocks of 48 would leave a thread idle a third of the time). */
+static int tiles_per_block(int T, int threads) {
+    int blocks = (T + TILE_BLOCK - 1) / TILE_BLOCK;
+    blocks = (blocks + threads - 1) / threads * threads;
+    int tb = (T + blocks - 1) / blocks;
+    tb = (tb + 5) / 6 * 6;
+    return tb < TILE_BLOCK ? tb : TILE_BLOCK;
+}
+
 /* y (Co channels) = conv(x (Ci channels)) with transformed weights U [36][Ci][Co]. */
-static void convolve(const nn_winograd *wg, float *y, const float *x, const float *U, int Ci, int Co) {
-    int T = wg->N * wg->TH * wg->TW, blocks = (T + TILE_BLOCK - 1) / TILE_BLOCK;
+static void convolve(const nn_winograd *wg, float *y, const float *x, const float *U, int Ci, int Co, epilogue ep) {
+    int T = wg->N * wg->TH * wg->TW, tb = tiles_per_block(T, wg->threads), blocks = (T + tb - 1) / tb;
     size_t per_thread = nn_winograd_workspace_floats(wg->C, wg->K, 1);
 #pragma omp parallel for schedule(static) num_threads(wg->threads)
     for (int b = 0; b < blocks; b++) {
         float *V = wg->workspace + omp_get_thread_num() * per_thread;
         float *M = V + (size_t)POS * TILE_BLOCK * (wg->C > wg->K ? wg->C : wg->K);
-        int t0 = b * TILE_BLOCK, nt = T - t0 < TILE_BLOCK ? T - t0 : TILE_BLOCK, rows = (nt + 5) / 6 * 6;
+        int t0 = b * tb, nt = T - t0 < tb ? T - t0 : tb, rows = (nt + 5) / 6 * 6;
         transform_input(V, x, t0, nt, Ci, wg->H, wg->W, wg->TH, wg->TW);
         for (int p = 0; p < POS; p++)
             products(M + (size_t)p * TILE_BLOCK * Co, V + (size_t)p * TILE_BLOCK * Ci, U + (size_t)p * Ci * Co, rows,
                      Ci, Co);
-        transform_output(y, M, t0, nt, Co, wg->H, wg->W, wg->TH, wg->TW);
+        transform_output(y, M, t0, nt, Co, wg->H, wg->W, wg->TH, wg->TW, ep);
     }
 }
 
-void nn_winograd_forward(const nn_winograd *wg, float *y, const float *x) { convolve(wg, y, x, wg->U, wg->C, wg->K); }
+void nn_winograd_forward(const nn_winograd *wg, float *y, const float *x) {
+    convolve(wg, y, x, wg->U, wg->C, wg->K, (epilogue){NULL, false, false});
+}
+
+void nn_winograd_forward_fused(const nn_winograd *wg, float *y, const float *x, const float *bias, bool sum,
+                               bool relu) {
+    convolve(wg, y, x, wg->U, wg->C, wg->K, (epilogue){bias, sum, relu});
+}
 
 void nn_winograd_backward_data(const nn_winograd *wg, float *dx, const float *dy) {
-    convolve(wg, dx, dy, wg->U_data, wg->K, wg->C);
+    convolve(wg, dx, dy, wg->U_data, wg->K, wg->C, (epilogue){NULL, false, false});
 }
 
 void nn_winograd_backward_weights(const nn_winograd *wg, float *dw, const float *x, const float *dy) {
-    int C = wg->C, K = wg->K, T = wg->N * wg->TH * wg->TW, blocks = (T + TILE_BLOCK - 1) / TILE_BLOCK;
+    int C = wg->C, K = wg->K, T = wg->N * wg->TH * wg->TW, tb = tiles_per_block(T, wg->threads);
+    int blocks = (T + tb - 1) / tb;
     size_t per_thread = nn_winograd_workspace_floats(C, K, 1), cmax = C > K ? C : K;
 #pragma omp parallel num_threads(wg->threads)
     {
@@ -289,7 +324,7 @@ void nn_winograd_backward_weights(const nn_winograd *wg, float *dw, const float 
         /* A fixed split of the blocks: thread id takes [lo, hi). */
         int lo = (int)((long)blocks * id / threads), hi = (int)((long)blocks * (id + 1) / threads);
         for (int b = lo; b < hi; b++) {
-            int t0 = b * TILE_BLOCK, nt = T - t0 < TILE_BLOCK ? T - t0 : TILE_BLOCK;
+            int t0 = b * tb, nt = T - t0 < tb ? T - t0 : tb;
             transform_input(V, x, t0, nt, C, wg->H, wg->W, wg->TH, wg->TW);
             transform_grad_output(Z, dy, t0, nt, K, wg->H, wg->W, wg->TH, wg->TW);
             for (int p = 0; p < POS; p++)
