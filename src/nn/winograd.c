@@ -200,24 +200,35 @@ static void products(float *M, const float *V, const float *U, int rows, int C, 
         }
 }
 
-/* dU (C x K) += V^T Z over `rows` rows (V rows x C, Z rows x K); C a multiple of 4, K of 16. */
+/* dU (C x K) += V^T Z over `rows` rows (V rows x C, Z rows x K), for R rows of dU
+ * (channels c0 .. c0+R-1) and 16 columns at a time: 2R accumulators. */
+#define DEFINE_PRODUCTS_TRANSPOSED(name, R)                                                       \
+    static void name(float *dU, const float *V, const float *Z, int rows, int C, int K, int c0) { \
+        for (int k0 = 0; k0 < K; k0 += 2 * VB) {                                                  \
+            float *d = dU + (size_t)c0 * K + k0;                                                  \
+            vec a[R], b[R];                                                                       \
+            for (int r = 0; r < R; r++) a[r] = load(d + r * K), b[r] = load(d + r * K + VB);      \
+            for (int i = 0; i < rows; i++) {                                                      \
+                const float *v = V + (size_t)i * C + c0;                                          \
+                vec z0 = load(Z + (size_t)i * K + k0), z1 = load(Z + (size_t)i * K + k0 + VB);    \
+                for (int r = 0; r < R; r++) {                                                     \
+                    vec e = splat(v[r]);                                                          \
+                    a[r] += e * z0, b[r] += e * z1;                                               \
+                }                                                                                 \
+            }                                                                                     \
+            for (int r = 0; r < R; r++) store(d + r * K, a[r]), store(d + r * K + VB, b[r]);      \
+        }                                                                                         \
+    }
+DEFINE_PRODUCTS_TRANSPOSED(products_transposed6, 6)
+DEFINE_PRODUCTS_TRANSPOSED(products_transposed4, 4)
+DEFINE_PRODUCTS_TRANSPOSED(products_transposed2, 2)
+
+/* C a multiple of 2 (of 8 here), K of 16. */
 static void products_transposed(float *dU, const float *V, const float *Z, int rows, int C, int K) {
-    for (int k0 = 0; k0 < K; k0 += 2 * VB)
-        for (int c0 = 0; c0 < C; c0 += 4) {
-            float *d = dU + (size_t)c0 * K + k0;
-            vec a0 = load(d), b0 = load(d + VB), a1 = load(d + K), b1 = load(d + K + VB);
-            vec a2 = load(d + 2 * K), b2 = load(d + 2 * K + VB), a3 = load(d + 3 * K), b3 = load(d + 3 * K + VB);
-            for (int i = 0; i < rows; i++) {
-                const float *v = V + (size_t)i * C + c0;
-                vec z0 = load(Z + (size_t)i * K + k0), z1 = load(Z + (size_t)i * K + k0 + VB), e;
-                e = splat(v[0]), a0 += e * z0, b0 += e * z1;
-                e = splat(v[1]), a1 += e * z0, b1 += e * z1;
-                e = splat(v[2]), a2 += e * z0, b2 += e * z1;
-                e = splat(v[3]), a3 += e * z0, b3 += e * z1;
-            }
-            store(d, a0), store(d + VB, b0), store(d + K, a1), store(d + K + VB, b1);
-            store(d + 2 * K, a2), store(d + 2 * K + VB, b2), store(d + 3 * K, a3), store(d + 3 * K + VB, b3);
-        }
+    int c0 = 0;
+    for (; c0 + 6 <= C; c0 += 6) products_transposed6(dU, V, Z, rows, C, K, c0);
+    for (; c0 + 4 <= C; c0 += 4) products_transposed4(dU, V, Z, rows, C, K, c0);
+    for (; c0 + 2 <= C; c0 += 2) products_transposed2(dU, V, Z, rows, C, K, c0);
 }
 
 /* ---- the layer ---- */
