@@ -82,5 +82,17 @@ acc=$(sed -E -n 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/learn.txt")
 echo "     learned: test accuracy ${acc:-none} after 400 steps (needs > 0.80)"
 awk -v a="${acc:-0}" 'BEGIN { exit !(a > 0.80) }'; check "a small ResNet learns Fashion-MNIST" $?
 
+# No convolution may run on oneDNN's reference kernel (hundreds of times slower than its
+# jit kernels; a layout it has no kernel for falls there silently). bench --profile names
+# every convolution's implementation, training and inference, for the native ISA and AVX2.
+for isa in "" AVX2; do
+  for shape in "--input 1x28x28 --batch 64" "--input 3x32x32 --batch 32 --block preact"; do
+    DNNL_MAX_CPU_ISA=$isa $MFRES bench --model resnet14 $shape --iters 1 --warmup 0 --threads 2 --profile \
+      > "$tmp/prof.txt" 2>&1
+    ! grep -q " ref:" "$tmp/prof.txt" && grep -q "conv bwd weights (stem)" "$tmp/prof.txt"
+    check "no reference kernels (${isa:-native}, $shape): $(grep " ref:" "$tmp/prof.txt" | head -1 | cut -c1-60)" $?
+  done
+done
+
 echo "$fails failures"
 [ "$fails" -eq 0 ]

@@ -343,7 +343,7 @@ START_TEST(shortcut_a_blocked) {
     ref_shortcut_a_backward(dx, dy, N, C, H, W);
     float *xf = to_blocked(x, N, C, H * W), *yf = mfres_alloc(n_out * 4, "t"), *dyf = to_blocked(dy, N, 2 * C, H * W / 4);
     float *dxf = mfres_alloc(n_in * 4, "t");
-    nn_shortcut_a_forward(yf, xf, N, C, H, W, ctx.block);
+    nn_shortcut_a_forward(yf, xf, N, C, H, W, ctx.block, ctx.block);
     nn_shortcut_a_backward_add(dxf, dyf, N, C, H, W, ctx.block);
     double *yg = from_blocked(yf, N, 2 * C, H * W / 4), *dxg = from_blocked(dxf, N, C, H * W);
     ASSERT_CLOSE("shortcut A forward", yg, y, n_out, 1e-7);

@@ -541,7 +541,7 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x) {
     if (s.downsample) {
         /* The option-A shortcut is computed into b->out's buffer, then overwritten in place by the sum. */
         STEP_VOID("shortcut A", st, 0,
-                  nn_shortcut_a_forward(b->out.data, x->data, m->cfg.batch, s.c_in, s.h_in, s.w_in, ctx->block));
+                  nn_shortcut_a_forward(b->out.data, x->data, m->cfg.batch, s.c_in, s.h_in, s.w_in, ctx->block, ctx->block));
         shortcut = b->out.data;
     }
     if (m->cfg.block == MFRES_BLOCK_PREACT) {

@@ -58,6 +58,7 @@ void nn_ctx_free(nn_ctx *ctx);
 /* Memory descriptors for the layouts we use. */
 dnnl_memory_desc_t nn_md_blocked(const nn_ctx *ctx, int N, int C, int H, int W); /* nChw{B}c */
 dnnl_memory_desc_t nn_md_nchw(int N, int C, int H, int W);
+dnnl_memory_desc_t nn_md_nhwc(int N, int C, int H, int W);
 dnnl_memory_desc_t nn_md_vector(int C);
 /* Wraps a caller-owned buffer (may be NULL now and set later) in a oneDNN memory object. */
 int nn_memory_wrap(dnnl_memory_t *mem, const nn_ctx *ctx, const dnnl_memory_desc_t *md, void *data);
@@ -224,8 +225,9 @@ void nn_add_inplace(float *dst, const float *src, size_t n);
 /* g *= mask, in place: ReLU's backward from the mask nn_residual_forward recorded. */
 void nn_relu_backward_inplace(float *g, const unsigned char *mask, size_t n);
 
-/* Option-A shortcut on nChw{B}c: in [N,C,H,W] -> out [N,2C,H/2,W/2], zero channels C/2 on each side. */
-void nn_shortcut_a_forward(float *out, const float *in, int N, int C, int H, int W, int block);
+/* Option-A shortcut: in [N,C,H,W] -> out [N,2C,H/2,W/2], zero channels C/2 on each side. out is
+ * nChw{block}c, in nChw{in_block}c (in_block = C reads NHWC, which is the same layout). */
+void nn_shortcut_a_forward(float *out, const float *in, int N, int C, int H, int W, int in_block, int block);
 /* din += shortcut^T(dout) */
 void nn_shortcut_a_backward_add(float *din, const float *dout, int N, int C, int H, int W, int block);
 

@@ -132,6 +132,13 @@ dnnl_memory_desc_t nn_md_nchw(int N, int C, int H, int W) {
     return md;
 }
 
+dnnl_memory_desc_t nn_md_nhwc(int N, int C, int H, int W) {
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {N, C, H, W};
+    dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, dnnl_nhwc);
+    return md;
+}
+
 dnnl_memory_desc_t nn_md_vector(int C) {
     dnnl_memory_desc_t md;
     dnnl_dims_t dims = {C};

@@ -46,7 +46,7 @@ static inline size_t blocked_offset(int n, int c, int h, int w, int C, int H, in
     return ((((size_t)n * (C / B) + c / B) * H + h) * W + w) * B + c % B;
 }
 
-void nn_shortcut_a_forward(float *out, const float *in, int N, int C, int H, int W, int block) {
+void nn_shortcut_a_forward(float *out, const float *in, int N, int C, int H, int W, int in_block, int block) {
     int OC = 2 * C, OH = H / 2, OW = W / 2;
     size_t per_image = (size_t)OC * OH * OW;
 #pragma omp parallel for schedule(static)
@@ -56,7 +56,7 @@ void nn_shortcut_a_forward(float *out, const float *in, int N, int C, int H, int
             for (int i = 0; i < OH; i++)
                 for (int j = 0; j < OW; j++)
                     out[blocked_offset(n, C / 2 + c, i, j, OC, OH, OW, block)] =
-                        in[blocked_offset(n, c, 2 * i, 2 * j, C, H, W, block)];
+                        in[blocked_offset(n, c, 2 * i, 2 * j, C, H, W, in_block)];
     }
 }
 
