@@ -150,27 +150,22 @@ static int setup_own_winograd(nn_conv2d *conv, const nn_ctx *ctx) {
     return nn_scratch_reserve(ctx, nn_winograd_workspace_floats(conv->C, conv->K, threads));
 }
 
-int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
-                   int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md, bool backward_data) {
-    set_shape(conv, N, C, H, W, K, R, S, stride, pad, backward_data);
-    nn_conv_geometry geo = {C, H, W, K, R, S, stride, pad, src_md, dst_md, false};
-    int rc = build_passes(conv, ctx, &geo);
-    if (!rc) rc = setup_own_winograd(conv, ctx);
-    if (rc || backward_data || strncmp(conv->impl[NN_CONV_BACKWARD_WEIGHTS], "ref", 3)) return rc;
-
-    /* oneDNN has only its reference kernel (hundreds of times slower) for some
-     * plain sources: a 1-channel NCHW input's backward-weights on AVX2 took
-     * 170 ms where a blocked source takes 0.7 (the forward pass has a kernel
-     * for the plain source, and only for it). So backward-weights takes its
-     * source in the layout oneDNN picks for it, and the layer reorders the
-     * input into that copy (a few channels) before the pass. Only for layers
-     * whose input needs no gradient, as the stem's. */
+/* oneDNN has only its reference kernel (hundreds of times slower) for some
+ * plain sources: a 1-channel NCHW input's backward-weights on AVX2 took 170 ms
+ * where a blocked source takes 0.7 (the forward pass has a kernel for the plain
+ * source, and only for it). So backward-weights takes its source in the layout
+ * oneDNN picks for it, and the layer reorders the input into that copy (a few
+ * channels) before the pass. Only for layers whose input needs no gradient, as
+ * the stem's. Keeps the plain source when no layout has a better kernel. */
+static int backward_weights_in_onednn_layout(nn_conv2d *conv, const nn_ctx *ctx, const nn_conv_geometry *geo) {
+    int C = conv->C, K = conv->K, R = conv->R, S = conv->S, rc;
+    const dnnl_memory_desc_t *src_md = geo->src;
     dnnl_memory_desc_t src_any;
     dnnl_memory_desc_init_by_tag(&src_any, 4, src_md->dims, dnnl_f32, dnnl_format_tag_any);
-    nn_conv_geometry any_geo = geo;
+    nn_conv_geometry any_geo = *geo;
     any_geo.src = &src_any;
     dnnl_primitive_desc_t hint = NULL, pd = NULL, reorder_pd = NULL;
-    if ((rc = nn_conv_primitive_desc(&hint, ctx, NN_CONV_FORWARD, &geo, NULL, NULL))) return rc;
+    if ((rc = nn_conv_primitive_desc(&hint, ctx, NN_CONV_FORWARD, geo, NULL, NULL))) return rc;
     rc = nn_conv_primitive_desc(&pd, ctx, NN_CONV_BACKWARD_WEIGHTS, &any_geo, NULL, hint);
     dnnl_primitive_desc_destroy(hint);
     if (rc) return rc;
@@ -205,6 +200,16 @@ int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int 
     rc = make_primitive(&conv->reorder_src, reorder_pd);
     dnnl_primitive_desc_destroy(reorder_pd);
     return rc;
+}
+
+int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
+                   int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md, bool backward_data) {
+    set_shape(conv, N, C, H, W, K, R, S, stride, pad, backward_data);
+    nn_conv_geometry geo = {C, H, W, K, R, S, stride, pad, src_md, dst_md, false};
+    int rc = build_passes(conv, ctx, &geo);
+    if (!rc) rc = setup_own_winograd(conv, ctx);
+    if (rc || backward_data || strncmp(conv->impl[NN_CONV_BACKWARD_WEIGHTS], "ref", 3)) return rc;
+    return backward_weights_in_onednn_layout(conv, ctx, &geo);
 }
 
 void nn_conv2d_bind(nn_conv2d *conv, float *w, float *dw) {
