@@ -25,21 +25,23 @@ static double *randn(size_t n, uint64_t seed) {
 static size_t blocked_index(int n, int c, int hw, int C, int HW, int B) {
     return (((size_t)n * (C / B) + c / B) * HW + hw) * B + c % B;
 }
-/* NCHW double -> blocked float, and back. */
-static float *to_blocked(const double *x, int N, int C, int HW) {
+/* NCHW double -> nChw{B}c float, and back; without B, the machine's block. */
+static float *to_blocked_b(const double *x, int N, int C, int HW, int B) {
     float *y = mfres_alloc((size_t)N * C * HW * sizeof(float), "test");
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++)
-            for (int p = 0; p < HW; p++) y[blocked_index(n, c, p, C, HW, ctx.block)] = (float)x[((size_t)n * C + c) * HW + p];
+            for (int p = 0; p < HW; p++) y[blocked_index(n, c, p, C, HW, B)] = (float)x[((size_t)n * C + c) * HW + p];
     return y;
 }
-static double *from_blocked(const float *y, int N, int C, int HW) {
+static double *from_blocked_b(const float *y, int N, int C, int HW, int B) {
     double *x = malloc((size_t)N * C * HW * sizeof(double));
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++)
-            for (int p = 0; p < HW; p++) x[((size_t)n * C + c) * HW + p] = y[blocked_index(n, c, p, C, HW, ctx.block)];
+            for (int p = 0; p < HW; p++) x[((size_t)n * C + c) * HW + p] = y[blocked_index(n, c, p, C, HW, B)];
     return x;
 }
+static float *to_blocked(const double *x, int N, int C, int HW) { return to_blocked_b(x, N, C, HW, ctx.block); }
+static double *from_blocked(const float *y, int N, int C, int HW) { return from_blocked_b(y, N, C, HW, ctx.block); }
 static float *to_float(const double *x, size_t n) {
     float *y = mfres_alloc(n * sizeof(float), "test");
     for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
@@ -108,20 +110,6 @@ START_TEST(conv3x3_stride1_32_channels) { check_conv(3, 32, 8, 8, 32, 3, 1, 1, f
 END_TEST
 
 /* ---- our Winograd F(4x4, 3x3) on nChw8c (winograd.c), on any machine ---- */
-static float *to_blocked8(const double *x, int N, int C, int HW) {
-    float *y = mfres_alloc((size_t)N * C * HW * sizeof(float), "test");
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++)
-            for (int p = 0; p < HW; p++) y[blocked_index(n, c, p, C, HW, 8)] = (float)x[((size_t)n * C + c) * HW + p];
-    return y;
-}
-static double *from_blocked8(const float *y, int N, int C, int HW) {
-    double *x = malloc((size_t)N * C * HW * sizeof(double));
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++)
-            for (int p = 0; p < HW; p++) x[((size_t)n * C + c) * HW + p] = y[blocked_index(n, c, p, C, HW, 8)];
-    return x;
-}
 static void check_winograd(int N, int C, int H, int W, int K) {
     size_t n_in = (size_t)N * C * H * W, n_out = (size_t)N * K * H * W, n_w = (size_t)K * C * 9;
     double *x = randn(n_in, 31), *w = randn(n_w, 32), *dy = randn(n_out, 33);
@@ -132,7 +120,7 @@ static void check_winograd(int N, int C, int H, int W, int K) {
     int threads = 3; /* more than the machine's cores: the team may be smaller */
     float *U = mfres_alloc((size_t)36 * C * K * 4, "t"), *U_data = mfres_alloc((size_t)36 * C * K * 4, "t");
     float *ws = mfres_alloc(nn_winograd_workspace_floats(C, K, threads) * 4, "t");
-    float *xf = to_blocked8(x, N, C, H * W), *dyf = to_blocked8(dy, N, K, H * W), *wf = to_float(w, n_w);
+    float *xf = to_blocked_b(x, N, C, H * W, 8), *dyf = to_blocked_b(dy, N, K, H * W, 8), *wf = to_float(w, n_w);
     float *yf = mfres_alloc(n_out * 4, "t"), *dxf = mfres_alloc(n_in * 4, "t"), *dwf = mfres_alloc(n_w * 4, "t");
     nn_winograd wg;
     nn_winograd_init(&wg, N, C, H, W, K, U, U_data, ws, threads);
@@ -140,7 +128,7 @@ static void check_winograd(int N, int C, int H, int W, int K) {
     nn_winograd_forward(&wg, yf, xf);
     nn_winograd_backward_data(&wg, dxf, dyf);
     nn_winograd_backward_weights(&wg, dwf, xf, dyf);
-    double *yg = from_blocked8(yf, N, K, H * W), *dxg = from_blocked8(dxf, N, C, H * W), *dwg = to_double(dwf, n_w);
+    double *yg = from_blocked_b(yf, N, K, H * W, 8), *dxg = from_blocked_b(dxf, N, C, H * W, 8), *dwg = to_double(dwf, n_w);
     /* F(4x4, 3x3) in float: ~1e-6 measured; direct convolution reaches ~1e-7 */
     ASSERT_CLOSE("winograd forward", yg, y, n_out, 1e-5);
     ASSERT_CLOSE("winograd backward data", dxg, dx, n_in, 1e-5);
