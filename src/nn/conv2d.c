@@ -125,23 +125,18 @@ static void set_shape(nn_conv2d *conv, int N, int C, int H, int W, int K, int R,
     conv->OW = (W + 2 * pad - S) / stride + 1;
 }
 
-/* The passes that run on our Winograd kernel, their weight buffers and the shared scratch. */
+/* Our Winograd kernel for every pass where nn_conv_own_winograd says so: its
+ * weight buffers and the shared scratch. */
 static int setup_own_winograd(nn_conv2d *conv, const nn_ctx *ctx) {
-    bool any = false;
-    for (int p = 0; p < 4; p++) {
-        if (p == NN_CONV_BACKWARD_DATA && !conv->backward_data) continue;
-        conv->own_winograd[p] = nn_conv_own_winograd(ctx, (nn_conv_pass)p, conv->C, conv->K, conv->H, conv->W,
-                                                     conv->R, conv->S, conv->stride, conv->pad);
-        if (conv->own_winograd[p]) {
-            any = true;
-            snprintf(conv->impl[p], sizeof conv->impl[p], "mfres winograd 4x3");
-        }
-    }
-    if (!any) return MFRES_OK;
+    conv->own_winograd = nn_conv_own_winograd(ctx, conv->C, conv->K, conv->H, conv->W, conv->R, conv->S, conv->stride,
+                                              conv->pad);
+    if (!conv->own_winograd) return MFRES_OK;
+    for (int p = 0; p < 4; p++)
+        if (conv->impl[p][0]) snprintf(conv->impl[p], sizeof conv->impl[p], "mfres winograd 4x3");
     size_t u = (size_t)36 * conv->C * conv->K;
     float *U = mfres_alloc(u * sizeof(float), "Winograd weights");
-    float *U_data = conv->own_winograd[NN_CONV_BACKWARD_DATA] ? mfres_alloc(u * sizeof(float), "Winograd weights") : NULL;
-    if (!U || (conv->own_winograd[NN_CONV_BACKWARD_DATA] && !U_data)) {
+    float *U_data = conv->backward_data ? mfres_alloc(u * sizeof(float), "Winograd weights") : NULL;
+    if (!U || (conv->backward_data && !U_data)) {
         mfres_free(U), mfres_free(U_data);
         return MFRES_ENOMEM;
     }
@@ -226,7 +221,11 @@ static int run_reorder(const nn_ctx *ctx, dnnl_primitive_t reorder, dnnl_memory_
 
 int nn_conv2d_prepare(nn_conv2d *conv, const nn_ctx *ctx) {
     int rc = MFRES_OK;
-    if (conv->winograd.U) nn_winograd_set_weights(&conv->winograd, conv->w_bound);
+    if (conv->own_winograd) { /* oneDNN's weight copies are not used */
+        nn_winograd wg = nn_winograd_bound(&conv->winograd, ctx);
+        nn_winograd_set_weights(&wg, conv->w_bound);
+        return MFRES_OK;
+    }
     if (conv->reorder_w_fwd) rc = run_reorder(ctx, conv->reorder_w_fwd, conv->w_plain, conv->w_fwd);
     if (!rc && conv->reorder_w_bwd_data) rc = run_reorder(ctx, conv->reorder_w_bwd_data, conv->w_plain, conv->w_bwd_data);
     return rc;
@@ -243,7 +242,7 @@ static int source(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t *in) {
 
 
 int nn_conv2d_forward(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in) {
-    if (conv->own_winograd[NN_CONV_FORWARD]) {
+    if (conv->own_winograd) {
         nn_winograd wg = nn_winograd_bound(&conv->winograd, ctx);
         nn_winograd_forward(&wg, nn_data_of(out), nn_data_of(in));
         return MFRES_OK;
@@ -256,7 +255,7 @@ int nn_conv2d_forward(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t out, dnn
 
 int nn_conv2d_backward_data(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t din, dnnl_memory_t dout) {
     if (!conv->bwd_data) return mfres_fail(MFRES_EINVAL, "convolution built without backward-data");
-    if (conv->own_winograd[NN_CONV_BACKWARD_DATA]) {
+    if (conv->own_winograd) {
         nn_winograd wg = nn_winograd_bound(&conv->winograd, ctx);
         nn_winograd_backward_data(&wg, nn_data_of(din), nn_data_of(dout));
         return MFRES_OK;
@@ -269,7 +268,7 @@ int nn_conv2d_backward_data(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t di
 }
 
 int nn_conv2d_backward_weights(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t in, dnnl_memory_t dout) {
-    if (conv->own_winograd[NN_CONV_BACKWARD_WEIGHTS]) {
+    if (conv->own_winograd) {
         nn_winograd wg = nn_winograd_bound(&conv->winograd, ctx);
         nn_winograd_backward_weights(&wg, conv->dw_bound, nn_data_of(in), nn_data_of(dout));
         return MFRES_OK;

@@ -23,7 +23,7 @@ int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H,
                          bool sum, bool relu) {
     memset(conv, 0, sizeof *conv);
     conv->K = K, conv->C = C, conv->R = R, conv->S = S, conv->sum = sum, conv->relu = relu;
-    if (nn_conv_own_winograd(ctx, NN_CONV_FORWARD_INFERENCE, C, K, H, W, R, S, stride, pad)) {
+    if (nn_conv_own_winograd(ctx, C, K, H, W, R, S, stride, pad)) {
         /* Our Winograd kernel (AVX2 machines), with bias, sum and ReLU in its output transform. */
         int threads = omp_get_max_threads();
         float *U = mfres_alloc((size_t)36 * C * K * sizeof(float), "Winograd weights");
@@ -82,7 +82,8 @@ int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H,
 int nn_conv2d_infer_set_weights(nn_conv2d_infer *conv, const nn_ctx *ctx, const float *w, const float *bias) {
     memcpy(conv->b_buf, bias, (size_t)conv->K * sizeof(float));
     if (conv->own_winograd) {
-        nn_winograd_set_weights(&conv->winograd, w);
+        nn_winograd wg = nn_winograd_bound(&conv->winograd, ctx);
+        nn_winograd_set_weights(&wg, w);
         return MFRES_OK;
     }
     dnnl_memory_set_data_handle(conv->w_plain, (void *)w);

@@ -46,11 +46,10 @@ typedef enum nn_conv_pass {
  * channels; see onednn.c for the measurements behind the rule. A Winograd
  * choice falls back to direct where oneDNN has no Winograd kernel (AVX2). */
 dnnl_alg_kind_t nn_conv_algorithm(const nn_ctx *ctx, nn_conv_pass pass, int C, int K, int R, int S, int stride);
-/* Whether a pass runs on our own Winograd kernel (winograd.c) instead of oneDNN:
- * on machines where oneDNN has none (8-channel blocks, AVX2), for the shapes
- * where it measured faster. */
-bool nn_conv_own_winograd(const nn_ctx *ctx, nn_conv_pass pass, int C, int K, int H, int W, int R, int S, int stride,
-                          int pad);
+/* Whether a convolution runs on our own Winograd kernel (winograd.c) instead
+ * of oneDNN, every pass: on machines where oneDNN has none (8-channel blocks,
+ * AVX2), for the shapes where it measured faster. */
+bool nn_conv_own_winograd(const nn_ctx *ctx, int C, int K, int H, int W, int R, int S, int stride, int pad);
 
 int nn_ctx_init(nn_ctx *ctx);
 void nn_ctx_free(nn_ctx *ctx);
@@ -88,6 +87,7 @@ bool nn_winograd_supported(int C, int K, int R, int S, int stride, int pad, int 
 size_t nn_winograd_workspace_floats(int C, int K, int threads);
 void nn_winograd_init(nn_winograd *wg, int N, int C, int H, int W, int K, float *U, float *U_data, float *workspace,
                       int threads);
+/* Transforms plain OIHW weights into U (and U_data); uses the workspace. */
 void nn_winograd_set_weights(nn_winograd *wg, const float *w);
 void nn_winograd_forward(const nn_winograd *wg, float *y, const float *x);        /* y overwritten */
 /* y = relu?(y_before? + conv(x) + bias): the inference convolution's post-ops. */
@@ -126,8 +126,8 @@ typedef struct nn_conv2d {
     dnnl_memory_t w_fwd, w_bwd_data, dw;   /* oneDNN's preferred layouts (own buffers, or aliases) */
     float *w_fwd_buf, *w_bwd_data_buf, *dw_buf;
     char impl[4][40]; /* oneDNN's implementation per nn_conv_pass, for profiles */
-    /* Passes on our own Winograd kernel (nn_conv_own_winograd), and its transformed weights. */
-    bool own_winograd[4];
+    /* On our own Winograd kernel (nn_conv_own_winograd), and its transformed weights. */
+    bool own_winograd;
     nn_winograd winograd;
     float *w_bound, *dw_bound;
     /* Set when the source is taken in oneDNN's layout (see nn_conv2d_init). */

@@ -77,12 +77,10 @@ dnnl_alg_kind_t nn_conv_algorithm(const nn_ctx *ctx, nn_conv_pass pass, int C, i
  * so: 32+ channels and maps divisible by 4, every pass (the inference forward
  * too: its bias, shortcut add and ReLU ride on the output transform). At 16
  * channels the gain is within the machine's noise. */
-bool nn_conv_own_winograd(const nn_ctx *ctx, nn_conv_pass pass, int C, int K, int H, int W, int R, int S, int stride,
-                          int pad) {
+bool nn_conv_own_winograd(const nn_ctx *ctx, int C, int K, int H, int W, int R, int S, int stride, int pad) {
     if (ctx->conv_alg_override == dnnl_convolution_direct || ctx->conv_alg_override == dnnl_convolution_auto)
         return false;
     if (!nn_winograd_supported(C, K, R, S, stride, pad, ctx->block) || H % 4 || W % 4) return false;
-    (void)pass;
     return ctx->conv_alg_override == dnnl_convolution_winograd || (C >= 32 && K >= 32);
 }
 

@@ -72,12 +72,12 @@ static inline void grad_output_1d(const vec y[4], vec o[6]) {
     o[5] = y[3];
 }
 
-static const double G[6][3] = {{1.0 / 4, 0, 0},
-                               {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                               {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                               {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                               {1.0 / 24, -1.0 / 12, 1.0 / 6},
-                               {0, 0, 1}};
+static const float G[6][3] = {{1.0f / 4, 0, 0},
+                              {-1.0f / 6, -1.0f / 6, -1.0f / 6},
+                              {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                              {1.0f / 24, 1.0f / 12, 1.0f / 6},
+                              {1.0f / 24, -1.0f / 12, 1.0f / 6},
+                              {0, 0, 1}};
 
 static inline size_t offset(int n, int c, int y, int x, int C, int H, int W) {
     return ((((size_t)n * (C / VB) + c / VB) * H + y) * W + x) * VB;
@@ -251,33 +251,36 @@ void nn_winograd_init(nn_winograd *wg, int N, int C, int H, int W, int K, float 
     wg->U = U, wg->U_data = U_data, wg->workspace = workspace, wg->threads = threads;
 }
 
-/* U[p][a][b] from the 3x3 kernels g(a, b) = w[b][a] (forward: a = c, b = k) or the
- * transposed, rotated w[a][b] at (2-r, 2-s) (backward-data: a = k, b = c). */
-static void transform_weights(float *U, const float *w, int C, int K, bool for_data) {
+/* U[p][a][b] = (G g G^T)[p] for the 3x3 kernels g(a, b) = w[b][a] (forward:
+ * a = c, b = k) or the transposed, rotated w[a][b] at (2-r, 2-s) (backward-data:
+ * a = k, b = c). The kernels are first gathered into wt[a][q][b], b contiguous,
+ * so the transform runs in vectors across b: once per step and layer, it is
+ * small next to the convolutions only when vectorised. */
+static void transform_weights(float *U, float *wt, const float *w, int C, int K, bool for_data) {
     int A = for_data ? K : C, Bn = for_data ? C : K;
 #pragma omp parallel for schedule(static)
     for (int a = 0; a < A; a++)
-        for (int b = 0; b < Bn; b++) {
-            const float *g = for_data ? w + ((size_t)a * C + b) * 9 : w + ((size_t)b * C + a) * 9;
-            double t[6][3];
+        for (int b = 0; b < Bn; b++)
+            for (int q = 0; q < 9; q++)
+                wt[((size_t)a * 9 + q) * Bn + b] =
+                    for_data ? w[((size_t)a * C + b) * 9 + 8 - q] : w[((size_t)b * C + a) * 9 + q];
+#pragma omp parallel for schedule(static)
+    for (int a = 0; a < A; a++)
+        for (int b = 0; b < Bn; b += VB) {
+            vec g[9], t[6][3];
+            for (int q = 0; q < 9; q++) g[q] = load(wt + ((size_t)a * 9 + q) * Bn + b);
             for (int i = 0; i < 6; i++)
-                for (int j = 0; j < 3; j++) {
-                    double sum = 0;
-                    for (int r = 0; r < 3; r++) sum += G[i][r] * (for_data ? g[(2 - r) * 3 + (2 - j)] : g[r * 3 + j]);
-                    t[i][j] = sum;
-                }
+                for (int j = 0; j < 3; j++) t[i][j] = G[i][0] * g[j] + G[i][1] * g[3 + j] + G[i][2] * g[6 + j];
             for (int i = 0; i < 6; i++)
-                for (int j = 0; j < 6; j++) {
-                    double sum = 0;
-                    for (int s = 0; s < 3; s++) sum += t[i][s] * G[j][s];
-                    U[((size_t)(i * 6 + j) * A + a) * Bn + b] = (float)sum;
-                }
+                for (int j = 0; j < 6; j++)
+                    store(U + ((size_t)(i * 6 + j) * A + a) * Bn + b,
+                          t[i][0] * G[j][0] + t[i][1] * G[j][1] + t[i][2] * G[j][2]);
         }
 }
 
 void nn_winograd_set_weights(nn_winograd *wg, const float *w) {
-    transform_weights(wg->U, w, wg->C, wg->K, false);
-    if (wg->U_data) transform_weights(wg->U_data, w, wg->C, wg->K, true);
+    transform_weights(wg->U, wg->workspace, w, wg->C, wg->K, false);
+    if (wg->U_data) transform_weights(wg->U_data, wg->workspace, w, wg->C, wg->K, true);
 }
 
 /* Tiles per block: at most TILE_BLOCK, a multiple of 6, and enough blocks that
@@ -343,24 +346,28 @@ void nn_winograd_backward_weights(const nn_winograd *wg, float *dw, const float 
                                     Z + (size_t)p * TILE_BLOCK * K, nt, C, K);
         }
 #pragma omp barrier
-        /* dW[k][c] = G^T (sum over threads of dU[.][c][k]) G; the (c, k) pairs split over threads. */
+        /* dW[k][c] = G^T (sum over threads, in order, of dU[.][c][k]) G, in vectors across k;
+         * the channels c split over threads. */
+        const float *dU0 = wg->workspace + 2 * (size_t)POS * TILE_BLOCK * cmax;
 #pragma omp for schedule(static)
-        for (int ck = 0; ck < C * K; ck++) {
-            int c = ck / K, k = ck % K;
-            double u[6][6];
-            for (int p = 0; p < POS; p++) {
-                double sum = 0;
-                for (int th = 0; th < threads; th++)
-                    sum += wg->workspace[th * per_thread + 2 * (size_t)POS * TILE_BLOCK * cmax + ((size_t)p * C + c) * K + k];
-                u[p / 6][p % 6] = sum;
-            }
-            for (int r = 0; r < 3; r++)
-                for (int s = 0; s < 3; s++) {
-                    double sum = 0;
-                    for (int i = 0; i < 6; i++)
-                        for (int j = 0; j < 6; j++) sum += G[i][r] * u[i][j] * G[j][s];
-                    dw[((size_t)k * C + c) * 9 + r * 3 + s] = (float)sum;
+        for (int c = 0; c < C; c++)
+            for (int k0 = 0; k0 < K; k0 += VB) {
+                vec u[POS], t[6][3];
+                for (int p = 0; p < POS; p++) {
+                    u[p] = load(dU0 + ((size_t)p * C + c) * K + k0);
+                    for (int th = 1; th < threads; th++) u[p] += load(dU0 + th * per_thread + ((size_t)p * C + c) * K + k0);
                 }
-        }
+                for (int i = 0; i < 6; i++)
+                    for (int q = 0; q < 3; q++) {
+                        t[i][q] = splat(0);
+                        for (int j = 0; j < 6; j++) t[i][q] += u[i * 6 + j] * G[j][q];
+                    }
+                for (int r = 0; r < 3; r++)
+                    for (int q = 0; q < 3; q++) {
+                        vec d = splat(0);
+                        for (int i = 0; i < 6; i++) d += G[i][r] * t[i][q];
+                        for (int l = 0; l < VB; l++) dw[((size_t)(k0 + l) * C + c) * 9 + r * 3 + q] = d[l];
+                    }
+            }
     }
 }
