@@ -549,7 +549,7 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x) {
         STEP_CONV("conv fwd", st, &b->conv1, NN_CONV_FORWARD, nn_conv2d_forward(&b->conv1, ctx, b->t1.mem, b->a0.mem));
         STEP("batch norm+relu fwd", st, 0, bn_forward(&b->bn2, ctx, &b->a1, &b->t1, mom));
         STEP_CONV("conv fwd", st, &b->conv2, NN_CONV_FORWARD, nn_conv2d_forward(&b->conv2, ctx, b->t2.mem, b->a1.mem));
-        STEP_VOID("residual add", st, 0, nn_residual_forward(b->out.data, NULL, shortcut, b->t2.data, h, false, n_out));
+        STEP_VOID("residual add", st, 0, nn_residual_forward(b->out.data, shortcut, b->t2.data, h, n_out));
     } else {
         /* The step h is folded into BN2's affine parameters: h*BN2(t2) comes out of the batch norm itself. */
         const block_params *bp = block_params_at(m, b);

@@ -105,21 +105,6 @@ void resnet_infer_free(resnet_infer *p) {
     mfres_free(p);
 }
 
-static int make_reorder(dnnl_primitive_t *reorder, const nn_ctx *ctx, const dnnl_memory_desc_t *from,
-                        const dnnl_memory_desc_t *to) {
-    dnnl_primitive_desc_t pd;
-    NN_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, ctx->engine, to, ctx->engine, NULL));
-    int rc = nn_check(dnnl_primitive_create(reorder, pd), "reorder", __FILE__, __LINE__);
-    dnnl_primitive_desc_destroy(pd);
-    return rc;
-}
-
-static int run_reorder(const nn_ctx *ctx, dnnl_primitive_t reorder, dnnl_memory_t from, dnnl_memory_t to) {
-    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
-    NN_CHECK(dnnl_primitive_execute(reorder, ctx->stream, 2, args));
-    return MFRES_OK;
-}
-
 int resnet_infer_create(resnet_infer **plan, const mfres_model *m, const nn_ctx *ctx) {
     const mfres_model_config *c = &m->cfg;
     bool pre = c->block == MFRES_BLOCK_PREACT;
@@ -169,8 +154,8 @@ int resnet_infer_create(resnet_infer **plan, const mfres_model *m, const nn_ctx 
             if ((rc = nn_memory_wrap(&p->mem[k][s], ctx, &md_stage[s], p->buf[k]))) goto fail;
         if ((rc = nn_memory_wrap(&p->mem_nhwc2[k], ctx, &md_s2_nhwc, p->buf[k]))) goto fail;
     }
-    if ((rc = make_reorder(&p->reorder_in, ctx, &md_in, &md_in_nhwc)) ||
-        (rc = make_reorder(&p->reorder_nhwc2, ctx, &md_s2_nhwc, &md_stage[1])))
+    if ((rc = nn_reorder_create(&p->reorder_in, ctx, &md_in, &md_in_nhwc)) ||
+        (rc = nn_reorder_create(&p->reorder_nhwc2, ctx, &md_s2_nhwc, &md_stage[1])))
         goto fail;
     if ((rc = nn_conv2d_infer_init(&p->stem, ctx, c->in_c, c->in_h, c->in_w, w, 3, 3, 1, 1, &md_in_nhwc,
                                    &md_stage[0], false, !pre)))
@@ -281,7 +266,7 @@ static int forward_chunk(resnet_infer *p, const mfres_model *m, const float *ima
     const char *conv2_kind = pre ? "conv+add (h folded)" : "conv+add+relu (BN, h folded)";
 
     dnnl_memory_set_data_handle(p->x_in, (void *)images);
-    PROFILE_CALL("reorder input to NHWC", -1, NULL, 0, run_reorder(ctx, p->reorder_in, p->x_in, p->x_nhwc));
+    PROFILE_CALL("reorder input to NHWC", -1, NULL, 0, nn_reorder_run(ctx, p->reorder_in, p->x_in, p->x_nhwc));
     PROFILE_CALL(pre ? "conv (stem)" : "conv+relu (stem, BN folded)", -1, p->stem.impl,
                  conv_flops(&p->stem, N, c->in_h, c->in_w),
                  nn_conv2d_infer_forward(&p->stem, ctx, p->mem[0][0], p->x_nhwc));
@@ -305,7 +290,7 @@ static int forward_chunk(resnet_infer *p, const mfres_model *m, const float *ima
                                                  p->mem[y][si]));
             if (nhwc_out) { /* y (a) is spent: the blocked copy goes there, and t becomes the free one */
                 PROFILE_CALL("reorder NHWC to blocked", s, NULL, 0,
-                             run_reorder(ctx, p->reorder_nhwc2, p->mem_nhwc2[t], p->mem[y][s]));
+                             nn_reorder_run(ctx, p->reorder_nhwc2, p->mem_nhwc2[t], p->mem[y][s]));
                 int spare = t;
                 t = y, y = spare;
             }
@@ -315,7 +300,7 @@ static int forward_chunk(resnet_infer *p, const mfres_model *m, const float *ima
                                                  p->mem[x][si]));
             if (nhwc_out)
                 PROFILE_CALL("reorder NHWC to blocked", s, NULL, 0,
-                             run_reorder(ctx, p->reorder_nhwc2, p->mem_nhwc2[y], p->mem[t][s]));
+                             nn_reorder_run(ctx, p->reorder_nhwc2, p->mem_nhwc2[y], p->mem[t][s]));
         }
         if (sh.downsample) {
             int in_block = si == 0 ? sh.c_in : ctx->block; /* stage 1 is NHWC */

@@ -69,12 +69,6 @@ void nn_batchnorm_bind_affine(nn_batchnorm *bn, float *gamma, float *beta) {
     dnnl_memory_set_data_handle(bn->beta, beta);
 }
 
-static float *handle_of(dnnl_memory_t mem) {
-    void *p = NULL;
-    dnnl_memory_get_data_handle(mem, &p);
-    return p;
-}
-
 int nn_batchnorm_forward_train(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in,
                                float momentum) {
     dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, in},        {DNNL_ARG_DST, out},        {DNNL_ARG_MEAN, bn->mean},
@@ -86,8 +80,8 @@ int nn_batchnorm_forward_train(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_
 }
 
 void nn_batchnorm_update_running(nn_batchnorm *bn, float momentum) {
-    float *mean = handle_of(bn->mean), *var = handle_of(bn->var);
-    float *rmean = handle_of(bn->running_mean), *rvar = handle_of(bn->running_var);
+    float *mean = nn_data_of(bn->mean), *var = nn_data_of(bn->var);
+    float *rmean = nn_data_of(bn->running_mean), *rvar = nn_data_of(bn->running_var);
     double count = (double)bn->N * bn->HW;
     float unbias = count > 1 ? (float)(count / (count - 1)) : 1.0f;
     for (int c = 0; c < bn->C; c++) {

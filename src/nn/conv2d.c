@@ -31,14 +31,7 @@ static int make_layout_copy(const nn_ctx *ctx, const dnnl_memory_desc_t *want, c
     if (!*buf) return MFRES_ENOMEM;
     int rc = nn_memory_wrap(mem, ctx, want, *buf);
     if (rc) return rc;
-    dnnl_primitive_desc_t pd;
-    if (from_plain)
-        NN_CHECK(dnnl_reorder_primitive_desc_create(&pd, plain_md, ctx->engine, want, ctx->engine, NULL));
-    else
-        NN_CHECK(dnnl_reorder_primitive_desc_create(&pd, want, ctx->engine, plain_md, ctx->engine, NULL));
-    rc = make_primitive(reorder, pd);
-    dnnl_primitive_desc_destroy(pd);
-    return rc;
+    return from_plain ? nn_reorder_create(reorder, ctx, plain_md, want) : nn_reorder_create(reorder, ctx, want, plain_md);
 }
 
 int nn_conv_primitive_desc(dnnl_primitive_desc_t *pd, const nn_ctx *ctx, nn_conv_pass pass, const nn_conv_geometry *g,
@@ -159,7 +152,7 @@ static int backward_weights_in_onednn_layout(nn_conv2d *conv, const nn_ctx *ctx,
     dnnl_memory_desc_init_by_tag(&src_any, 4, src_md->dims, dnnl_f32, dnnl_format_tag_any);
     nn_conv_geometry any_geo = *geo;
     any_geo.src = &src_any;
-    dnnl_primitive_desc_t hint = NULL, pd = NULL, reorder_pd = NULL;
+    dnnl_primitive_desc_t hint = NULL, pd = NULL;
     if ((rc = nn_conv_primitive_desc(&hint, ctx, NN_CONV_FORWARD, geo, NULL, NULL))) return rc;
     rc = nn_conv_primitive_desc(&pd, ctx, NN_CONV_BACKWARD_WEIGHTS, &any_geo, NULL, hint);
     dnnl_primitive_desc_destroy(hint);
@@ -191,10 +184,7 @@ static int backward_weights_in_onednn_layout(nn_conv2d *conv, const nn_ctx *ctx,
     conv->src_buf = mfres_alloc(dnnl_memory_desc_get_size(&conv->src_md), "convolution source (oneDNN layout)");
     if (!conv->src_buf) return MFRES_ENOMEM;
     if ((rc = nn_memory_wrap(&conv->src_copy, ctx, &conv->src_md, conv->src_buf))) return rc;
-    NN_CHECK(dnnl_reorder_primitive_desc_create(&reorder_pd, src_md, ctx->engine, &conv->src_md, ctx->engine, NULL));
-    rc = make_primitive(&conv->reorder_src, reorder_pd);
-    dnnl_primitive_desc_destroy(reorder_pd);
-    return rc;
+    return nn_reorder_create(&conv->reorder_src, ctx, src_md, &conv->src_md);
 }
 
 int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
@@ -213,12 +203,6 @@ void nn_conv2d_bind(nn_conv2d *conv, float *w, float *dw) {
     dnnl_memory_set_data_handle(conv->dw_plain, dw);
 }
 
-static int run_reorder(const nn_ctx *ctx, dnnl_primitive_t reorder, dnnl_memory_t from, dnnl_memory_t to) {
-    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
-    NN_CHECK(dnnl_primitive_execute(reorder, ctx->stream, 2, args));
-    return MFRES_OK;
-}
-
 int nn_conv2d_prepare(nn_conv2d *conv, const nn_ctx *ctx) {
     int rc = MFRES_OK;
     if (conv->own_winograd) { /* oneDNN's weight copies are not used */
@@ -226,15 +210,15 @@ int nn_conv2d_prepare(nn_conv2d *conv, const nn_ctx *ctx) {
         nn_winograd_set_weights(&wg, conv->w_bound);
         return MFRES_OK;
     }
-    if (conv->reorder_w_fwd) rc = run_reorder(ctx, conv->reorder_w_fwd, conv->w_plain, conv->w_fwd);
-    if (!rc && conv->reorder_w_bwd_data) rc = run_reorder(ctx, conv->reorder_w_bwd_data, conv->w_plain, conv->w_bwd_data);
+    if (conv->reorder_w_fwd) rc = nn_reorder_run(ctx, conv->reorder_w_fwd, conv->w_plain, conv->w_fwd);
+    if (!rc && conv->reorder_w_bwd_data) rc = nn_reorder_run(ctx, conv->reorder_w_bwd_data, conv->w_plain, conv->w_bwd_data);
     return rc;
 }
 
 /* The source as backward-weights takes it: `in` itself, or its copy in oneDNN's layout. */
 static int source(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t *in) {
     if (!conv->reorder_src) return MFRES_OK;
-    int rc = run_reorder(ctx, conv->reorder_src, *in, conv->src_copy);
+    int rc = nn_reorder_run(ctx, conv->reorder_src, *in, conv->src_copy);
     *in = conv->src_copy;
     return rc;
 }
@@ -278,7 +262,7 @@ int nn_conv2d_backward_weights(nn_conv2d *conv, const nn_ctx *ctx, dnnl_memory_t
     dnnl_exec_arg_t args[] = {
         {DNNL_ARG_SRC, in}, {DNNL_ARG_DIFF_DST, dout}, {DNNL_ARG_DIFF_WEIGHTS, conv->dw ? conv->dw : conv->dw_plain}};
     NN_CHECK(dnnl_primitive_execute(conv->bwd_weights, ctx->stream, 3, args));
-    if (conv->reorder_dw) return run_reorder(ctx, conv->reorder_dw, conv->dw, conv->dw_plain);
+    if (conv->reorder_dw) return nn_reorder_run(ctx, conv->reorder_dw, conv->dw, conv->dw_plain);
     return MFRES_OK;
 }
 

@@ -45,7 +45,7 @@ int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H,
 
     dnnl_post_ops_t post_ops = NULL;
     dnnl_primitive_attr_t attr = NULL;
-    dnnl_primitive_desc_t pd = NULL, reorder_pd = NULL;
+    dnnl_primitive_desc_t pd = NULL;
     int rc = MFRES_OK;
 #define TRY(call)                                                             \
     do {                                                                      \
@@ -67,11 +67,9 @@ int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H,
         if (!rc) rc = nn_memory_wrap(&conv->w, ctx, w_md, conv->w_buf);
         if (!rc) rc = nn_memory_wrap(&conv->w_plain, ctx, &w_plain, NULL);
         if (!rc) rc = nn_memory_wrap(&conv->bias, ctx, &b_md, conv->b_buf);
-        TRY(dnnl_reorder_primitive_desc_create(&reorder_pd, &w_plain, ctx->engine, w_md, ctx->engine, NULL));
-        TRY(dnnl_primitive_create(&conv->reorder_w, reorder_pd));
+        if (!rc) rc = nn_reorder_create(&conv->reorder_w, ctx, &w_plain, w_md);
     }
 #undef TRY
-    if (reorder_pd) dnnl_primitive_desc_destroy(reorder_pd);
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
     if (post_ops) dnnl_post_ops_destroy(post_ops);
@@ -87,9 +85,7 @@ int nn_conv2d_infer_set_weights(nn_conv2d_infer *conv, const nn_ctx *ctx, const 
         return MFRES_OK;
     }
     dnnl_memory_set_data_handle(conv->w_plain, (void *)w);
-    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, conv->w_plain}, {DNNL_ARG_TO, conv->w}};
-    NN_CHECK(dnnl_primitive_execute(conv->reorder_w, ctx->stream, 2, args));
-    return MFRES_OK;
+    return nn_reorder_run(ctx, conv->reorder_w, conv->w_plain, conv->w);
 }
 
 int nn_conv2d_infer_forward(nn_conv2d_infer *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in) {

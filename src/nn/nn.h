@@ -102,6 +102,10 @@ int nn_scratch_reserve(const nn_ctx *ctx, size_t floats);
 nn_winograd nn_winograd_bound(const nn_winograd *wg, const nn_ctx *ctx);
 /* The buffer behind a oneDNN memory object. */
 float *nn_data_of(dnnl_memory_t mem);
+/* A reorder between two layouts of the same tensor, and running it. */
+int nn_reorder_create(dnnl_primitive_t *reorder, const nn_ctx *ctx, const dnnl_memory_desc_t *from,
+                      const dnnl_memory_desc_t *to);
+int nn_reorder_run(const nn_ctx *ctx, dnnl_primitive_t reorder, dnnl_memory_t from, dnnl_memory_t to);
 
 /* ---- what nn_conv2d and nn_conv2d_infer share ---- */
 typedef struct nn_conv_geometry {
@@ -205,11 +209,8 @@ int nn_batchnorm_backward(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t din
 void nn_batchnorm_free(nn_batchnorm *bn);
 
 /* ---- plain loops (any layout where noted) ---- */
-/* out = act(shortcut + h * branch); elementwise, so any layout shared by all three.
- * With relu it also records mask[i] = (out[i] > 0) for the backward pass: 1 byte
- * instead of re-reading 4 bytes of activation from memory. mask may be NULL without relu. */
-void nn_residual_forward(float *out, unsigned char *mask, const float *shortcut, const float *branch, float h,
-                         bool relu, size_t n);
+/* out = shortcut + h * branch; elementwise, so any layout shared by all three. */
+void nn_residual_forward(float *out, const float *shortcut, const float *branch, float h, size_t n);
 /* Batch mean and biased variance per channel of x (nChw{B}c), as a batch norm
  * in training mode uses them; the same bits on any thread count. */
 void nn_batchnorm_statistics(float *mean, float *var, const float *x, int N, int C, int HW, int block);
@@ -222,7 +223,8 @@ void nn_bn_residual_relu_forward(float *out, unsigned char *mask, const float *s
 void nn_scale_inplace(float *x, float a, size_t n);
 /* dst += src */
 void nn_add_inplace(float *dst, const float *src, size_t n);
-/* g *= mask, in place: ReLU's backward from the mask nn_residual_forward recorded. */
+/* g *= mask, in place: ReLU's backward from the mask nn_bn_residual_relu_forward
+ * recorded (1 byte a value instead of re-reading the 4-byte activation). */
 void nn_relu_backward_inplace(float *g, const unsigned char *mask, size_t n);
 
 /* Option-A shortcut: in [N,C,H,W] -> out [N,2C,H/2,W/2], zero channels C/2 on each side. out is

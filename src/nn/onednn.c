@@ -102,6 +102,21 @@ nn_winograd nn_winograd_bound(const nn_winograd *wg, const nn_ctx *ctx) {
     return now;
 }
 
+int nn_reorder_create(dnnl_primitive_t *reorder, const nn_ctx *ctx, const dnnl_memory_desc_t *from,
+                      const dnnl_memory_desc_t *to) {
+    dnnl_primitive_desc_t pd;
+    NN_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, ctx->engine, to, ctx->engine, NULL));
+    int rc = nn_check(dnnl_primitive_create(reorder, pd), "reorder", __FILE__, __LINE__);
+    dnnl_primitive_desc_destroy(pd);
+    return rc;
+}
+
+int nn_reorder_run(const nn_ctx *ctx, dnnl_primitive_t reorder, dnnl_memory_t from, dnnl_memory_t to) {
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    NN_CHECK(dnnl_primitive_execute(reorder, ctx->stream, 2, args));
+    return MFRES_OK;
+}
+
 float *nn_data_of(dnnl_memory_t mem) {
     void *p = NULL;
     dnnl_memory_get_data_handle(mem, &p);

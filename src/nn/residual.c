@@ -1,29 +1,21 @@
 /* The residual add with a per-block step h, and the option-A shortcut.
  *
- * out = act(shortcut + h * branch) is where Algorithm 1 touches the network:
+ * out = shortcut + h * branch is where Algorithm 1 touches the network:
  * h = tau^l - tau^(l-1) scales each block's branch. Its backward needs no pass
  * of its own: the model folds h into the branch's last batch norm (post-
- * activation) or into the gradient scale (pre-activation) and gets dE/dh from
- * small per-channel or per-weight sums (see src/models/resnet.c,
- * block_backward); only the output ReLU's mask is applied here. */
+ * activation; there the add, the ReLU and its mask come out of
+ * nn_bn_residual_relu_forward) or into the gradient scale (pre-activation) and
+ * gets dE/dh from small per-channel or per-weight sums (see
+ * src/models/resnet.c, block_backward); only the output ReLU's mask is applied
+ * here. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "nn/nn.h"
 
-void nn_residual_forward(float *out, unsigned char *mask, const float *shortcut, const float *branch, float h,
-                         bool relu, size_t n) {
-    if (relu) {
+void nn_residual_forward(float *out, const float *shortcut, const float *branch, float h, size_t n) {
 #pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            float v = shortcut[i] + h * branch[i];
-            mask[i] = v > 0.0f;
-            out[i] = v > 0.0f ? v : 0.0f;
-        }
-    } else {
-#pragma omp parallel for schedule(static)
-        for (size_t i = 0; i < n; i++) out[i] = shortcut[i] + h * branch[i];
-    }
+    for (size_t i = 0; i < n; i++) out[i] = shortcut[i] + h * branch[i];
 }
 
 void nn_scale_inplace(float *x, float a, size_t n) {
