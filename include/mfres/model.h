@@ -1,5 +1,9 @@
-/* CIFAR-style ResNets (depth 6n+2) with post- or pre-activation blocks, trained
- * vanilla or with mean-field training (Algorithm 1 of Lu et al., ICML 2020).
+/* CIFAR-style ResNets and ResNeXts (every network of Table 1 of Lu et al.,
+ * ICML 2020), trained vanilla or with mean-field training (Algorithm 1):
+ *   resnetN, basic blocks (postact | preact), depth 6n+2: ResNet-20 ... 110
+ *   resnetN, pre-activation bottleneck blocks, depth 9n+2: ResNet-164
+ *   resnext29-CxDd, bottleneck blocks with a grouped 3x3 convolution of
+ *   cardinality C and width C*D (postact | preact), depth 9n+2: ResNeXt-29
  *
  * The model owns one parameter buffer, one gradient buffer, one buffer of
  * running statistics and one activation arena; every tensor is a named view
@@ -14,25 +18,36 @@
 #include <stdint.h>
 #include <stdio.h>
 
-typedef enum { MFRES_BLOCK_POSTACT = 0, MFRES_BLOCK_PREACT = 1 } mfres_block_type;
+/* Append-only: the values are stored in no file (model files store the names). */
+typedef enum { MFRES_BLOCK_POSTACT = 0, MFRES_BLOCK_PREACT = 1, MFRES_BLOCK_BOTTLENECK = 2 } mfres_block_type;
+typedef enum { MFRES_FAMILY_RESNET = 0, MFRES_FAMILY_RESNEXT = 1 } mfres_family;
 typedef enum { MFRES_MODE_VANILLA = 0, MFRES_MODE_MEANFIELD = 1 } mfres_mode;
 typedef enum { MFRES_TAU_UNIT = 0, MFRES_TAU_GRID = 1 } mfres_tau_init;
 
 typedef struct mfres_model_config {
-    int depth; /* 6n+2: 8, 14, 20, 32, 44, 56, 110, ... */
-    mfres_block_type block;
+    mfres_family family;
+    int depth; /* basic blocks 6n+2: 8, 14, 20, 32, 44, 56, 110, ...; bottleneck and ResNeXt 9n+2: 29, 164, ... */
+    mfres_block_type block; /* ResNeXt: postact or preact (its bottleneck is implied) */
     mfres_mode mode;
     mfres_tau_init tau_init;
     int in_c, in_h, in_w; /* input image shape; H and W divisible by 4 */
     int num_classes;
     int batch;      /* primitives and activations are sized for this batch */
-    int base_width; /* channels of stage 1 (16); stages 2, 3 double it */
+    int base_width; /* basic: channels of stage 1 (16), doubled per stage; bottleneck: stem width and stage-1
+                       bottleneck width (16, outputs 4x); ResNeXt: stem width (64, stage outputs 4x) */
+    int cardinality, group_width; /* ResNeXt: groups C and channels per group d at stage 1 (8x64d) */
     float bn_momentum, bn_eps; /* PyTorch defaults 0.1, 1e-5 */
 } mfres_model_config;
 
 /* Fills in the defaults (ResNet-20, post-activation, mean-field, unit tau,
  * 1x28x28, 10 classes, batch 128, width 16). */
 void mfres_model_config_default(mfres_model_config *cfg);
+/* Sets family, depth, block and widths from a model name: "resnet20",
+ * "resnet164" (the bottleneck when the depth is 9n+2 and not 6n+2 is left to
+ * the caller's --block), "resnext29-8x64d", "resnext29-16x64d". */
+int mfres_model_config_from_name(mfres_model_config *cfg, const char *name);
+/* "ResNet-20", "ResNeXt-29 (8x64d)": for summaries and reports. */
+void mfres_model_display_name(const mfres_model_config *cfg, char *buf, size_t cap);
 /* Checks a configuration; on error the message names the field and valid values. */
 int mfres_model_config_check(const mfres_model_config *cfg);
 const char *mfres_block_name(mfres_block_type b);
@@ -49,11 +64,12 @@ typedef struct mfres_tensor {
     bool is_tau;       /* a block's depth position (no weight decay) */
 } mfres_tensor;
 
-struct resnet_impl;
+struct mfres_arch;
+struct cpu_plan;
 
 typedef struct mfres_model {
     mfres_model_config cfg;
-    int blocks_per_stage; /* n = (depth - 2) / 6 */
+    int blocks_per_stage; /* n = (depth - 2) / 6 (basic) or / 9 (bottleneck) */
     int particles;        /* per stage: n - 1 (the stage head is fixed, step 1) */
 
     int n_tensors;
@@ -74,7 +90,8 @@ typedef struct mfres_model {
 
     double forward_flops;  /* per image */
     size_t activation_bytes; /* the arena: activations, saved state, gradient scratch */
-    struct resnet_impl *impl;
+    struct mfres_arch *arch;  /* the architecture description (src/models/arch.h) */
+    struct cpu_plan *impl;    /* the oneDNN training and inference plans (src/models/cpu_plan.h) */
 } mfres_model;
 
 /* Builds the network, allocates everything once, and initialises the weights

@@ -89,6 +89,7 @@ int cmd_bench(int argc, char **argv) {
         }
     }
     cfg.num_classes = (int)classes;
+    if (cli_model_flags_check(cmd, &cfg)) return 2;
     int nthreads = mfres_set_threads((int)threads);
     if (gemm) return bench_gemm();
     mfres_model m;
@@ -148,7 +149,9 @@ int cmd_bench(int argc, char **argv) {
     }
     if (!rc) {
         double train_ips = iters * cfg.batch / t_train, infer_ips = iters * cfg.batch / t_infer;
-        printf("model resnet%d %s %s, batch %d, input %dx%dx%d, %d threads, %ld timed steps\n", cfg.depth,
+        char tag[48];
+        cli_model_tag(&cfg, tag, sizeof tag);
+        printf("model %s %s %s, batch %d, input %dx%dx%d, %d threads, %ld timed steps\n", tag,
                mfres_block_name(cfg.block), mfres_mode_name(cfg.mode), cfg.batch, cfg.in_c, cfg.in_h, cfg.in_w,
                nthreads, iters);
         printf("  training:  %8.1f images/s  %6.1f ms/step  %6.1f GFLOP/s (3x forward FLOPs)\n", train_ips,

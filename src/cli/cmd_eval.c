@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/model_flags.h"
 #include "mfres/core.h"
 #include "mfres/data.h"
 #include "mfres/model.h"
@@ -76,9 +77,11 @@ int cmd_eval(int argc, char **argv) {
     double loss = 0, acc = 0, t0 = mfres_now();
     if (!rc) rc = mfres_evaluate(&m, ds, mean, std, &loss, &acc);
     double seconds = mfres_now() - t0;
+    char tag[48];
+    cli_model_tag(&m.cfg, tag, sizeof tag);
     if (!rc)
-        printf("resnet%d %s %s on %s %s (%d images): test_acc=%.4f test_loss=%.4f time_s=%.1f images_per_s=%.1f\n",
-               m.cfg.depth, mfres_block_name(m.cfg.block), mfres_mode_name(m.cfg.mode), data.name, split, ds->n, acc,
+        printf("%s %s %s on %s %s (%d images): test_acc=%.4f test_loss=%.4f time_s=%.1f images_per_s=%.1f\n",
+               tag, mfres_block_name(m.cfg.block), mfres_mode_name(m.cfg.mode), data.name, split, ds->n, acc,
                loss, seconds, ds->n / seconds);
     mfres_data_free(&data);
     mfres_model_free(&m);

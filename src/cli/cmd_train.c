@@ -141,17 +141,20 @@ int cmd_train(int argc, char **argv) {
             return cli_usage_error(cmd, "unknown flag '%s'", argv[i]);
         }
     }
+    if (cli_model_flags_check(cmd, &cfg.model)) return 2;
+    char tag[48];
+    cli_model_tag(&cfg.model, tag, sizeof tag);
     if (!out_given) {
         int name_len = (int)strcspn(cfg.data, ":");
-        snprintf(cfg.out_dir, sizeof cfg.out_dir, "runs/%.*s-resnet%d-%s", name_len, cfg.data, cfg.model.depth,
+        snprintf(cfg.out_dir, sizeof cfg.out_dir, "runs/%.*s-%s-%s", name_len, cfg.data, tag,
                  mfres_mode_name(cfg.model.mode));
     }
     mfres_train_result res;
     int rc = mfres_train(&cfg, &res);
     if (rc) return cli_runtime_error(cmd);
-    printf("resnet%d %s %s: test_acc=%.4f test_loss=%.4f train_loss=%.4f epochs=%d time_s=%.1f images_per_s=%.1f "
+    printf("%s %s %s: test_acc=%.4f test_loss=%.4f train_loss=%.4f epochs=%d time_s=%.1f images_per_s=%.1f "
            "out=%s\n",
-           cfg.model.depth, mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), res.test_acc,
+           tag, mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), res.test_acc,
            res.test_loss, res.train_loss, res.epochs_done, res.total_seconds, res.images_per_s, cfg.out_dir);
     return 0;
 }

@@ -5,40 +5,56 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "mfres/core.h"
 
 const char cli_model_flags_help[] =
-    "  --model resnetN       CIFAR ResNet of depth N = 6n+2 (20, 32, 44, 56, 110, ...)  [resnet20]\n"
-    "  --block postact|preact  post-activation (He 2016a) or pre-activation (He 2016b) blocks [postact]\n"
+    "  --model NAME          resnetN: CIFAR ResNet of depth N = 6n+2 (20, 32, 44, 56, 110, ...) with basic\n"
+    "                        blocks, or 9n+2 (164, ...) with --block bottleneck; resnext29-8x64d,\n"
+    "                        resnext29-16x64d (ResNeXt-29, any resnextN-CxDd with N = 9n+2)  [resnet20]\n"
+    "  --block postact|preact|bottleneck  post-activation (He 2016a) or pre-activation (He 2016b) basic\n"
+    "                        blocks, or the pre-activation bottleneck of ResNet-164; ResNeXt takes\n"
+    "                        postact or preact  [postact]\n"
     "  --mode meanfield|vanilla  mean-field training (Algorithm 1) or the plain ResNet [meanfield]\n"
     "  --tau-init unit|grid  unit: tau_i = i+1 (step 0 = vanilla); grid: tau_i = (i+1)/P [unit]\n"
     "  --batch N             images per step [128]\n"
-    "  --width N             channels of stage 1 (stages 2, 3 double it) [16]\n";
+    "  --width N             stem width: basic blocks' stage 1 (doubled per stage) [16]; bottleneck:\n"
+    "                        stage-1 bottleneck width [16]; ResNeXt [64]\n";
 
-static int depth_of(const char *cmd, const char *flag, const char *v, int *depth) {
-    long d;
-    const char *num = strncmp(v, "resnet", 6) == 0 ? v + 6 : v;
-    if (cli_parse_long(cmd, flag, num, 8, 1202, &d)) return 2;
-    if ((d - 2) % 6 != 0)
-        return cli_usage_error(cmd, "%s: depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), got %ld", flag, d);
-    *depth = (int)d;
+int cli_model_flags_check(const char *cmd, const mfres_model_config *cfg) {
+    /* The architecture alone: input shape, classes and batch are checked where they are known. */
+    mfres_model_config c = *cfg;
+    c.in_c = 3, c.in_h = c.in_w = 32, c.num_classes = 10, c.batch = 1;
+    if (mfres_model_config_check(&c)) return cli_usage_error(cmd, "%s", mfres_last_error());
     return 0;
+}
+
+void cli_model_tag(const mfres_model_config *cfg, char *buf, size_t cap) {
+    if (cfg->family == MFRES_FAMILY_RESNEXT)
+        snprintf(buf, cap, "resnext%d-%dx%dd", cfg->depth, cfg->cardinality, cfg->group_width);
+    else
+        snprintf(buf, cap, "resnet%d", cfg->depth);
 }
 
 int cli_model_flag(const char *cmd, int argc, char **argv, int *i, mfres_model_config *cfg) {
     const char *v;
     int r;
     long x;
-    if ((r = cli_flag(cmd, argc, argv, i, "--model", &v)) || (r = cli_flag(cmd, argc, argv, i, "--depth", &v))) {
+    if ((r = cli_flag(cmd, argc, argv, i, "--model", &v))) {
         if (r < 0) return 2;
-        if (strncmp(argv[*i - (argv[*i] == v ? 1 : 0)], "--model", 7) == 0 && strncmp(v, "resnet", 6) != 0)
-            return cli_usage_error(cmd, "--model expects resnetN with N = 6n+2 (resnet20, resnet56, ...), got '%s'", v);
-        return depth_of(cmd, "--model", v, &cfg->depth) ? 2 : 1;
+        if (mfres_model_config_from_name(cfg, v)) return cli_usage_error(cmd, "%s", mfres_last_error());
+        return 1;
+    }
+    if ((r = cli_flag(cmd, argc, argv, i, "--depth", &v))) {
+        if (r < 0 || cli_parse_long(cmd, "--depth", v, 8, 1202, &x)) return 2;
+        cfg->depth = (int)x;
+        return 1;
     }
     if ((r = cli_flag(cmd, argc, argv, i, "--block", &v))) {
         if (r < 0) return 2;
         if (!strcmp(v, "postact")) cfg->block = MFRES_BLOCK_POSTACT;
         else if (!strcmp(v, "preact")) cfg->block = MFRES_BLOCK_PREACT;
-        else return cli_usage_error(cmd, "--block expects postact or preact, got '%s'", v);
+        else if (!strcmp(v, "bottleneck")) cfg->block = MFRES_BLOCK_BOTTLENECK;
+        else return cli_usage_error(cmd, "--block expects postact, preact or bottleneck, got '%s'", v);
         return 1;
     }
     if ((r = cli_flag(cmd, argc, argv, i, "--mode", &v))) {

@@ -2,6 +2,8 @@
 #ifndef MFRES_CLI_MODEL_FLAGS_H
 #define MFRES_CLI_MODEL_FLAGS_H
 
+#include <stddef.h>
+
 #include "mfres/model.h"
 
 /* Tries to consume argv[*i] as a model flag (--model, --depth, --block, --mode,
@@ -9,5 +11,10 @@
  * 2 on a usage error (already printed). */
 int cli_model_flag(const char *cmd, int argc, char **argv, int *i, mfres_model_config *cfg);
 extern const char cli_model_flags_help[];
+/* After parsing: the family, depth and block kind fit together (exit 2 with a
+ * message naming the flag and the valid choices, else 0). */
+int cli_model_flags_check(const char *cmd, const mfres_model_config *cfg);
+/* "resnet20", "resnext29-8x64d": for run-directory names and summaries. */
+void cli_model_tag(const mfres_model_config *cfg, char *buf, size_t cap);
 
 #endif

@@ -16,7 +16,12 @@ int mfres_model_save(const mfres_model *m, const char *path, const char *data_na
     int n = 0;
     mfres_st_meta_put(meta, &n, "format", "mfres-resnet");
     mfres_st_meta_put(meta, &n, "format_version", "%d", MFRES_MODEL_FORMAT_VERSION);
+    mfres_st_meta_put(meta, &n, "family", "%s", c->family == MFRES_FAMILY_RESNEXT ? "resnext" : "resnet");
     mfres_st_meta_put(meta, &n, "depth", "%d", c->depth);
+    if (c->family == MFRES_FAMILY_RESNEXT) {
+        mfres_st_meta_put(meta, &n, "cardinality", "%d", c->cardinality);
+        mfres_st_meta_put(meta, &n, "group_width", "%d", c->group_width);
+    }
     mfres_st_meta_put(meta, &n, "block", "%s", mfres_block_name(c->block));
     mfres_st_meta_put(meta, &n, "mode", "%s", mfres_mode_name(c->mode));
     mfres_st_meta_put(meta, &n, "tau_init", "%s", mfres_tau_init_name(c->tau_init));
@@ -80,7 +85,19 @@ int mfres_model_load(mfres_model *m, const char *path, int batch, char *data_nam
         rc = mfres_fail(MFRES_EFORMAT, "%s: metadata block/mode/tau_init/input missing or malformed", path);
         goto done;
     }
-    c.block = !strcmp(block, "preact") ? MFRES_BLOCK_PREACT : MFRES_BLOCK_POSTACT;
+    c.block = !strcmp(block, "preact") ? MFRES_BLOCK_PREACT
+              : !strcmp(block, "bottleneck") ? MFRES_BLOCK_BOTTLENECK
+                                             : MFRES_BLOCK_POSTACT;
+    const char *family = mfres_safetensors_meta(&st, "family"); /* absent in files of basic ResNets before it */
+    if (family && !strcmp(family, "resnext")) {
+        c.family = MFRES_FAMILY_RESNEXT;
+        if ((rc = meta_int(&st, path, "cardinality", &c.cardinality)) ||
+            (rc = meta_int(&st, path, "group_width", &c.group_width)))
+            goto done;
+    } else if (family && strcmp(family, "resnet")) {
+        rc = mfres_fail(MFRES_EFORMAT, "%s: metadata 'family' is '%s', expected resnet or resnext", path, family);
+        goto done;
+    }
     c.mode = !strcmp(mode, "meanfield") ? MFRES_MODE_MEANFIELD : MFRES_MODE_VANILLA;
     c.tau_init = !strcmp(tau_init, "grid") ? MFRES_TAU_GRID : MFRES_TAU_UNIT;
     const char *eps = mfres_safetensors_meta(&st, "bn_eps");

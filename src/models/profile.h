@@ -1,6 +1,6 @@
 /* Per-kernel timing for `mfres bench --profile`: one row per kind of kernel,
  * stage and implementation, summed over calls. Shared by the training pass
- * (resnet.c) and the inference pass (resnet_infer.c). */
+ * (cpu_train.c) and the inference pass (cpu_infer.c). */
 #ifndef MFRES_PROFILE_H
 #define MFRES_PROFILE_H
 

@@ -37,14 +37,16 @@ static int make_layout_copy(const nn_ctx *ctx, const dnnl_memory_desc_t *want, c
 int nn_conv_primitive_desc(dnnl_primitive_desc_t *pd, const nn_ctx *ctx, nn_conv_pass pass, const nn_conv_geometry *g,
                            const_dnnl_primitive_attr_t attr, const_dnnl_primitive_desc_t hint) {
     int OH = (g->H + 2 * g->pad - g->R) / g->stride + 1, OW = (g->W + 2 * g->pad - g->S) / g->stride + 1;
+    int G = g->groups > 1 ? g->groups : 1;
     dnnl_memory_desc_t w_any, b_md = nn_md_vector(g->K);
-    dnnl_dims_t wdims = {g->K, g->C, g->R, g->S};
-    dnnl_memory_desc_init_by_tag(&w_any, 4, wdims, dnnl_f32, dnnl_format_tag_any);
+    dnnl_memory_desc_t w_plain = nn_md_conv_weights_plain(g->C, g->K, g->R, g->S, G);
+    dnnl_memory_desc_init_by_tag(&w_any, w_plain.ndims, w_plain.dims, dnnl_f32, dnnl_format_tag_any);
     dnnl_dims_t strides = {g->stride, g->stride}, padding = {g->pad, g->pad};
     /* Right padding so that the output size is exact when (H + 2p - R) is not a multiple of the stride. */
     dnnl_dims_t padding_r = {(OH - 1) * g->stride + g->R - g->H - g->pad, (OW - 1) * g->stride + g->S - g->W - g->pad};
     const dnnl_memory_desc_t *bias = g->bias ? &b_md : NULL;
-    dnnl_alg_kind_t alg = nn_conv_algorithm(ctx, pass, g->C, g->K, g->R, g->S, g->stride);
+    /* oneDNN has no grouped Winograd kernel. */
+    dnnl_alg_kind_t alg = G > 1 ? dnnl_convolution_direct : nn_conv_algorithm(ctx, pass, g->C, g->K, g->R, g->S, g->stride);
     for (;;) {
         dnnl_convolution_desc_t desc;
         if (pass == NN_CONV_FORWARD || pass == NN_CONV_FORWARD_INFERENCE)
@@ -66,9 +68,7 @@ int nn_conv_primitive_desc(dnnl_primitive_desc_t *pd, const nn_ctx *ctx, nn_conv
 
 /* The primitives of the three passes and the weight copies, for the source layout geo->src. */
 static int build_passes(nn_conv2d *conv, const nn_ctx *ctx, const nn_conv_geometry *geo) {
-    dnnl_memory_desc_t w_plain;
-    dnnl_dims_t wdims = {conv->K, conv->C, conv->R, conv->S};
-    dnnl_memory_desc_init_by_tag(&w_plain, 4, wdims, dnnl_f32, dnnl_oihw);
+    dnnl_memory_desc_t w_plain = nn_md_conv_weights_plain(conv->C, conv->K, conv->R, conv->S, conv->groups);
 
     dnnl_primitive_desc_t fwd_pd = NULL, pd = NULL;
     int rc = nn_conv_primitive_desc(&fwd_pd, ctx, NN_CONV_FORWARD, geo, NULL, NULL);
@@ -110,8 +110,9 @@ done:
 }
 
 static void set_shape(nn_conv2d *conv, int N, int C, int H, int W, int K, int R, int S, int stride, int pad,
-                      bool backward_data) {
+                      int groups, bool backward_data) {
     memset(conv, 0, sizeof *conv);
+    conv->groups = groups > 1 ? groups : 1;
     conv->N = N, conv->C = C, conv->H = H, conv->W = W, conv->K = K, conv->R = R, conv->S = S;
     conv->stride = stride, conv->pad = pad, conv->backward_data = backward_data;
     conv->OH = (H + 2 * pad - R) / stride + 1;
@@ -121,8 +122,8 @@ static void set_shape(nn_conv2d *conv, int N, int C, int H, int W, int K, int R,
 /* Our Winograd kernel for every pass where nn_conv_own_winograd says so: its
  * weight buffers and the shared scratch. */
 static int setup_own_winograd(nn_conv2d *conv, const nn_ctx *ctx) {
-    conv->own_winograd = nn_conv_own_winograd(ctx, conv->C, conv->K, conv->H, conv->W, conv->R, conv->S, conv->stride,
-                                              conv->pad);
+    conv->own_winograd = conv->groups == 1 && nn_conv_own_winograd(ctx, conv->C, conv->K, conv->H, conv->W, conv->R,
+                                                                   conv->S, conv->stride, conv->pad);
     if (!conv->own_winograd) return MFRES_OK;
     for (int p = 0; p < 4; p++)
         if (conv->impl[p][0]) snprintf(conv->impl[p], sizeof conv->impl[p], "mfres winograd 4x3");
@@ -172,9 +173,7 @@ static int backward_weights_in_onednn_layout(nn_conv2d *conv, const nn_ctx *ctx,
     if (conv->dw) dnnl_memory_destroy(conv->dw);
     mfres_free(conv->dw_buf);
     conv->reorder_dw = NULL, conv->dw = NULL, conv->dw_buf = NULL;
-    dnnl_memory_desc_t w_plain;
-    dnnl_dims_t wdims = {K, C, R, S};
-    dnnl_memory_desc_init_by_tag(&w_plain, 4, wdims, dnnl_f32, dnnl_oihw);
+    dnnl_memory_desc_t w_plain = nn_md_conv_weights_plain(C, K, R, S, conv->groups);
     if (!rc)
         rc = make_layout_copy(ctx, dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0), &w_plain, false,
                               &conv->dw, &conv->dw_buf, &conv->reorder_dw);
@@ -189,8 +188,14 @@ static int backward_weights_in_onednn_layout(nn_conv2d *conv, const nn_ctx *ctx,
 
 int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
                    int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md, bool backward_data) {
-    set_shape(conv, N, C, H, W, K, R, S, stride, pad, backward_data);
-    nn_conv_geometry geo = {C, H, W, K, R, S, stride, pad, src_md, dst_md, false};
+    return nn_conv2d_init_groups(conv, ctx, N, C, H, W, K, R, S, stride, pad, 1, src_md, dst_md, backward_data);
+}
+
+int nn_conv2d_init_groups(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S,
+                          int stride, int pad, int groups, const dnnl_memory_desc_t *src_md,
+                          const dnnl_memory_desc_t *dst_md, bool backward_data) {
+    set_shape(conv, N, C, H, W, K, R, S, stride, pad, groups, backward_data);
+    nn_conv_geometry geo = {C, H, W, K, R, S, stride, pad, src_md, dst_md, false, conv->groups};
     int rc = build_passes(conv, ctx, &geo);
     if (!rc) rc = setup_own_winograd(conv, ctx);
     if (rc || backward_data || strncmp(conv->impl[NN_CONV_BACKWARD_WEIGHTS], "ref", 3)) return rc;

@@ -21,9 +21,16 @@
 int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H, int W, int K, int R, int S,
                          int stride, int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md,
                          bool sum, bool relu) {
+    return nn_conv2d_infer_init_groups(conv, ctx, C, H, W, K, R, S, stride, pad, 1, src_md, dst_md, sum, relu);
+}
+
+int nn_conv2d_infer_init_groups(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H, int W, int K, int R, int S,
+                                int stride, int pad, int groups, const dnnl_memory_desc_t *src_md,
+                                const dnnl_memory_desc_t *dst_md, bool sum, bool relu) {
     memset(conv, 0, sizeof *conv);
     conv->K = K, conv->C = C, conv->R = R, conv->S = S, conv->sum = sum, conv->relu = relu;
-    if (nn_conv_own_winograd(ctx, C, K, H, W, R, S, stride, pad)) {
+    conv->groups = groups > 1 ? groups : 1;
+    if (conv->groups == 1 && nn_conv_own_winograd(ctx, C, K, H, W, R, S, stride, pad)) {
         /* Our Winograd kernel (AVX2 machines), with bias, sum and ReLU in its output transform. */
         int threads = omp_get_max_threads();
         float *U = mfres_alloc((size_t)36 * C * K * sizeof(float), "Winograd weights");
@@ -38,10 +45,8 @@ int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H,
         snprintf(conv->impl, sizeof conv->impl, "mfres winograd 4x3");
         return nn_scratch_reserve(ctx, nn_winograd_workspace_floats(C, K, threads));
     }
-    dnnl_memory_desc_t w_plain, b_md = nn_md_vector(K);
-    dnnl_dims_t wdims = {K, C, R, S};
-    dnnl_memory_desc_init_by_tag(&w_plain, 4, wdims, dnnl_f32, dnnl_oihw);
-    nn_conv_geometry geo = {C, H, W, K, R, S, stride, pad, src_md, dst_md, true};
+    dnnl_memory_desc_t w_plain = nn_md_conv_weights_plain(C, K, R, S, conv->groups), b_md = nn_md_vector(K);
+    nn_conv_geometry geo = {C, H, W, K, R, S, stride, pad, src_md, dst_md, true, conv->groups};
 
     dnnl_post_ops_t post_ops = NULL;
     dnnl_primitive_attr_t attr = NULL;

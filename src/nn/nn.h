@@ -112,7 +112,12 @@ typedef struct nn_conv_geometry {
     int C, H, W, K, R, S, stride, pad;
     const dnnl_memory_desc_t *src, *dst;
     bool bias;
+    int groups; /* 0 or 1: a plain convolution; G > 1: G groups of C/G inputs and K/G outputs (ResNeXt) */
 } nn_conv_geometry;
+
+/* Plain weights as the parameter buffer holds them: OIHW [K, C/G, R, S], which
+ * is oneDNN's GOIHW [G, K/G, C/G, R, S] for a grouped convolution. */
+dnnl_memory_desc_t nn_md_conv_weights_plain(int C, int K, int R, int S, int groups);
 
 /* oneDNN's primitive descriptor for one pass (weights in layout `any`), with
  * the algorithm nn_conv_algorithm picks, or direct where that has no kernel.
@@ -122,7 +127,7 @@ int nn_conv_primitive_desc(dnnl_primitive_desc_t *pd, const nn_ctx *ctx, nn_conv
 
 /* ---- conv2d: 2-D convolution without bias, on oneDNN ---- */
 typedef struct nn_conv2d {
-    int N, C, H, W, K, R, S, stride, pad, OH, OW;
+    int N, C, H, W, K, R, S, stride, pad, OH, OW, groups;
     bool backward_data; /* false for the stem: the input needs no gradient */
     dnnl_primitive_t fwd, bwd_data, bwd_weights;
     dnnl_primitive_t reorder_w_fwd, reorder_w_bwd_data, reorder_dw; /* NULL when layouts match */
@@ -144,7 +149,11 @@ typedef struct nn_conv2d {
 /* src_md and dst_md fix the activation layouts; the weights layout is oneDNN's choice. */
 int nn_conv2d_init(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S, int stride,
                    int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md, bool backward_data);
-/* Points the layer at plain OIHW weights and their gradient (K*C*R*S floats each). */
+/* The same with `groups` groups (weights [K, C/groups, R, S]); oneDNN's direct kernels. */
+int nn_conv2d_init_groups(nn_conv2d *conv, const nn_ctx *ctx, int N, int C, int H, int W, int K, int R, int S,
+                          int stride, int pad, int groups, const dnnl_memory_desc_t *src_md,
+                          const dnnl_memory_desc_t *dst_md, bool backward_data);
+/* Points the layer at plain OIHW weights and their gradient (K*C/groups*R*S floats each). */
 void nn_conv2d_bind(nn_conv2d *conv, float *w, float *dw);
 /* Reorders the bound plain weights into the layouts the primitives want. Once per step. */
 int nn_conv2d_prepare(nn_conv2d *conv, const nn_ctx *ctx);
@@ -160,7 +169,7 @@ void nn_conv2d_free(nn_conv2d *conv);
  * what `out` already holds (the residual shortcut), `relu` applies a ReLU last.
  * The caller folds any batch norm into the weights and bias (conv2d_infer.c). */
 typedef struct nn_conv2d_infer {
-    int K, C, R, S;
+    int K, C, R, S, groups;
     dnnl_primitive_t fwd, reorder_w;
     dnnl_memory_t w_plain, w, bias; /* w: oneDNN's inference layout (own buffer) */
     float *w_buf, *b_buf;
@@ -172,7 +181,10 @@ typedef struct nn_conv2d_infer {
 int nn_conv2d_infer_init(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H, int W, int K, int R, int S,
                          int stride, int pad, const dnnl_memory_desc_t *src_md, const dnnl_memory_desc_t *dst_md,
                          bool sum, bool relu);
-/* Copies plain OIHW weights (K*C*R*S floats) and the bias [K] into the layer. */
+int nn_conv2d_infer_init_groups(nn_conv2d_infer *conv, const nn_ctx *ctx, int C, int H, int W, int K, int R, int S,
+                                int stride, int pad, int groups, const dnnl_memory_desc_t *src_md,
+                                const dnnl_memory_desc_t *dst_md, bool sum, bool relu);
+/* Copies plain OIHW weights (K*C/groups*R*S floats) and the bias [K] into the layer. */
 int nn_conv2d_infer_set_weights(nn_conv2d_infer *conv, const nn_ctx *ctx, const float *w, const float *bias);
 int nn_conv2d_infer_forward(nn_conv2d_infer *conv, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in);
 void nn_conv2d_infer_free(nn_conv2d_infer *conv);

@@ -152,6 +152,18 @@ dnnl_memory_desc_t nn_md_nhwc(int N, int C, int H, int W) {
     return md;
 }
 
+dnnl_memory_desc_t nn_md_conv_weights_plain(int C, int K, int R, int S, int groups) {
+    dnnl_memory_desc_t md;
+    if (groups > 1) {
+        dnnl_dims_t dims = {groups, K / groups, C / groups, R, S};
+        dnnl_memory_desc_init_by_tag(&md, 5, dims, dnnl_f32, dnnl_goihw);
+    } else {
+        dnnl_dims_t dims = {K, C, R, S};
+        dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, dnnl_oihw);
+    }
+    return md;
+}
+
 dnnl_memory_desc_t nn_md_vector(int C) {
     dnnl_memory_desc_t md;
     dnnl_dims_t dims = {C};

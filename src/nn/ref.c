@@ -115,6 +115,39 @@ void ref_conv2d_backward_weights(double *dw, const double *dout, const double *i
     }
 }
 
+/* Grouped: each (image, group) pair is a plain convolution on a contiguous
+ * slice of the NCHW tensors, so the kernels above do the arithmetic. */
+void ref_conv2d_forward_groups(double *out, const double *in, const double *w, int N, int C, int H, int W, int K,
+                               int R, int S, int stride, int pad, int groups) {
+    int Cg = C / groups, Kg = K / groups, OH = conv_out_size(H, R, stride, pad), OW = conv_out_size(W, S, stride, pad);
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < groups; g++)
+            ref_conv2d_forward(out + ((size_t)n * K + (size_t)g * Kg) * OH * OW,
+                               in + ((size_t)n * C + (size_t)g * Cg) * H * W, w + (size_t)g * Kg * Cg * R * S, 1, Cg, H,
+                               W, Kg, R, S, stride, pad);
+}
+
+void ref_conv2d_backward_data_groups(double *din, const double *dout, const double *w, int N, int C, int H, int W,
+                                     int K, int R, int S, int stride, int pad, int groups) {
+    int Cg = C / groups, Kg = K / groups, OH = conv_out_size(H, R, stride, pad), OW = conv_out_size(W, S, stride, pad);
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < groups; g++)
+            ref_conv2d_backward_data(din + ((size_t)n * C + (size_t)g * Cg) * H * W,
+                                     dout + ((size_t)n * K + (size_t)g * Kg) * OH * OW, w + (size_t)g * Kg * Cg * R * S,
+                                     1, Cg, H, W, Kg, R, S, stride, pad);
+}
+
+void ref_conv2d_backward_weights_groups(double *dw, const double *dout, const double *in, int N, int C, int H, int W,
+                                        int K, int R, int S, int stride, int pad, int groups) {
+    int Cg = C / groups, Kg = K / groups, OH = conv_out_size(H, R, stride, pad), OW = conv_out_size(W, S, stride, pad);
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < groups; g++)
+            ref_conv2d_backward_weights(dw + (size_t)g * Kg * Cg * R * S,
+                                        dout + ((size_t)n * K + (size_t)g * Kg) * OH * OW,
+                                        in + ((size_t)n * C + (size_t)g * Cg) * H * W, 1, Cg, H, W, Kg, R, S, stride,
+                                        pad);
+}
+
 /* ------------------------------------------------------------- batchnorm ---- */
 
 /* in [N,C,HW] -> out [N,C,HW]; mean[C], rstd[C] saved. Biased variance. */

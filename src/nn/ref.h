@@ -18,6 +18,15 @@ void ref_conv2d_backward_data(double *din, const double *dout, const double *w, 
                               int R, int S, int stride, int pad);
 void ref_conv2d_backward_weights(double *dw, const double *dout, const double *in, int N, int C, int H, int W, int K,
                                  int R, int S, int stride, int pad);
+/* Grouped convolution (ResNeXt): `groups` independent convolutions, group g
+ * mapping input channels [g*C/G, (g+1)*C/G) to outputs [g*K/G, (g+1)*K/G);
+ * w [K, C/G, R, S]. groups = 1 is the plain convolution above. */
+void ref_conv2d_forward_groups(double *out, const double *in, const double *w, int N, int C, int H, int W, int K,
+                               int R, int S, int stride, int pad, int groups);
+void ref_conv2d_backward_data_groups(double *din, const double *dout, const double *w, int N, int C, int H, int W,
+                                     int K, int R, int S, int stride, int pad, int groups);
+void ref_conv2d_backward_weights_groups(double *dw, const double *dout, const double *in, int N, int C, int H, int W,
+                                        int K, int R, int S, int stride, int pad, int groups);
 
 /* Batch norm over (N, HW) per channel, training mode: biased batch variance.
  * mean[C] and rstd[C] = 1/sqrt(var + eps) are saved for backward. */

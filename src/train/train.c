@@ -54,8 +54,13 @@ int mfres_set_threads(int threads) {
 void mfres_train_config_write_json(const mfres_train_config *c, FILE *fp) {
     const mfres_model_config *m = &c->model;
     fprintf(fp, "{\n  \"data\": \"%s\",\n", c->data);
-    fprintf(fp, "  \"model\": \"resnet%d\",\n  \"depth\": %d,\n  \"block\": \"%s\",\n  \"mode\": \"%s\",\n", m->depth,
-            m->depth, mfres_block_name(m->block), mfres_mode_name(m->mode));
+    if (m->family == MFRES_FAMILY_RESNEXT)
+        fprintf(fp, "  \"model\": \"resnext%d-%dx%dd\",\n  \"cardinality\": %d,\n  \"group_width\": %d,\n", m->depth,
+                m->cardinality, m->group_width, m->cardinality, m->group_width);
+    else
+        fprintf(fp, "  \"model\": \"resnet%d\",\n", m->depth);
+    fprintf(fp, "  \"depth\": %d,\n  \"block\": \"%s\",\n  \"mode\": \"%s\",\n", m->depth, mfres_block_name(m->block),
+            mfres_mode_name(m->mode));
     fprintf(fp, "  \"tau_init\": \"%s\",\n  \"tau_lr_mult\": %.9g,\n", mfres_tau_init_name(m->tau_init), c->tau_lr_mult);
     fprintf(fp, "  \"input\": [%d, %d, %d],\n  \"num_classes\": %d,\n  \"base_width\": %d,\n", m->in_c, m->in_h,
             m->in_w, m->num_classes, m->base_width);
@@ -168,6 +173,10 @@ static void fingerprint(const mfres_train_config *c, const char *data_name, char
              c->model.depth, mfres_block_name(c->model.block), mfres_mode_name(c->model.mode),
              mfres_tau_init_name(c->model.tau_init), c->model.base_width, c->model.batch,
              (unsigned long long)c->seed);
+    if (c->model.family == MFRES_FAMILY_RESNEXT) {
+        size_t used = strlen(buf);
+        snprintf(buf + used, cap - used, " resnext=%dx%dd", c->model.cardinality, c->model.group_width);
+    }
 }
 
 static int save_state(const char *dir, const mfres_model *m, const mfres_optimizer *opt, int epochs_done, long steps,
