@@ -17,8 +17,10 @@ checks:
     into the convolutions) of the final C model, loaded into a fresh float64
     PyTorch model in eval mode <= LOSS_TOL.
 Where a ReLU input of the float64 reference lies within float32 reach of zero,
-the float32 side may have taken the other branch of the kink; resolve_kinks
-accepts that other one-sided gradient, and says so in the case's line.
+the float32 side may have taken the other branch of the kink; kink_bounds
+bounds how far that can move each gradient. The reference is never edited: a
+case whose mismatches are all within that bound is drawn again with another
+seed (reported), at most RESEEDS times.
 It prints one line per case and exits 1 on any mismatch, naming the tensor.
 
 Run as `/usr/bin/python3 tests/test_torch_reference.py` from the repository
@@ -45,15 +47,13 @@ torch.manual_seed(0)
 # a misrouted block give errors of order 1).
 GRAD_TOL = 1e-4
 LOSS_TOL = 1e-4
-# The losses before each SGD step and after the last. The step-0 gradient is
-# kink-resolved (resolve_kinks), but a ReLU input that sits within float32 reach
-# of zero at step 1 or 2 changes that step's update by ~1e-3 relative, and the
-# next losses by up to ~1e-4 (measured: <= 7e-5; without such kinks ~1e-7).
+# The losses before each SGD step and after the last. A ReLU input that sits
+# within float32 reach of zero changes that step's update by ~1e-3 relative,
+# and the next losses by up to ~1e-4 (measured: <= 7e-5; without such kinks ~1e-7).
 # 5e-4 leaves room for that; a wrong update rule moves the losses by >= 1e-2.
 STEP_TOL = 5e-4
-# Parameters / running statistics / tau after the steps (bonus check). Only the
-# step-0 gradient is kink-resolved (see resolve_kinks); a ReLU kink crossed at
-# a later step moves its update by ~1e-3 relative, which reaches the
+# Parameters / running statistics / tau after the steps (bonus check). A ReLU
+# kink crossed at any step moves its update by ~1e-3 relative, which reaches the
 # parameters diluted by lr: 1e-3 leaves room for that and still catches a
 # wrong update rule (weight decay on tau, a missing clamp or momentum term).
 STATE_TOL = 1e-3
@@ -61,7 +61,10 @@ STATE_TOL = 1e-3
 # other branch in float32 (measured float32 deviations: <= 3e-6 * rms).
 KINK_MARGIN = 1e-5
 MAX_KINKS = 16
-DEBUG_KINKS = bool(os.environ.get("MFRES_DEBUG_KINKS"))
+# A kink moves the gradients below it by ~1e-3 relative; a bound above this
+# explains nothing.
+KINK_BOUND_MAX = 5e-2
+RESEEDS = 3
 
 
 # ---------------------------------------------------------------- safetensors
@@ -112,42 +115,83 @@ def shortcut_a(x):
 
 
 class Block(nn.Module):
-    def __init__(self, c_in, c_out, stride, preact, particle):
+    """One residual block: a chain of convolutions with a batch norm beside each.
+    post: t = conv_i(a), a = relu(bn_i(t)); out = relu(sc + h * bn_last(t_last))
+    pre:  a = relu(bn_i(t)), t = conv_i(a);  out = sc + h * t_last
+    sc: x, option A, or downsample = 1x1 conv [+ BN] of the raw x."""
+
+    def __init__(self, chain, preact, shortcut, particle):
         super().__init__()
-        self.preact, self.downsample = preact, stride != 1
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_in if preact else c_out, eps=1e-5, momentum=0.1)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.1)
+        self.preact, self.shortcut, self.n = preact, shortcut, len(chain)
+        for i, (c_in, c_out, k, stride, groups) in enumerate(chain):
+            setattr(self, "conv%d" % (i + 1), nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False))
+            setattr(self, "bn%d" % (i + 1), nn.BatchNorm2d(c_in if preact else c_out, eps=1e-5, momentum=0.1))
+        if shortcut in ("proj", "proj+bn"):
+            c_in, c_out = chain[0][0], chain[-1][1]
+            stride = max(c[3] for c in chain)
+            layers = [nn.Conv2d(c_in, c_out, 1, stride, 0, bias=False)]
+            if shortcut == "proj+bn":
+                layers.append(nn.BatchNorm2d(c_out, eps=1e-5, momentum=0.1))
+            self.downsample = nn.Sequential(*layers)
         if particle:
             self.tau = nn.Parameter(torch.zeros(1))
 
     def forward(self, x, h):
-        sc = shortcut_a(x) if self.downsample else x
-        if self.preact:
-            return sc + h * self.conv2(relu(self.bn2(self.conv1(relu(self.bn1(x))))))
-        return relu(sc + h * self.bn2(self.conv2(relu(self.bn1(self.conv1(x))))))
+        if self.shortcut == "A":
+            sc = shortcut_a(x)
+        elif self.shortcut == "identity":
+            sc = x
+        else:
+            sc = self.downsample(x)
+        t = x
+        for i in range(1, self.n + 1):
+            conv, bn = getattr(self, "conv%d" % i), getattr(self, "bn%d" % i)
+            if self.preact:
+                t = conv(relu(bn(t)))
+            else:
+                t = conv(t)
+                t = bn(t) if i == self.n else relu(bn(t))
+        return sc + h * t if self.preact else relu(sc + h * t)
 
 
 class ResNet(nn.Module):
-    def __init__(self, depth, preact, meanfield, in_c, classes, width=16):
+    """Every network of Table 1 from a model file's metadata: basic ResNets
+    (6n+2), the pre-activation bottleneck (9n+2) and ResNeXt (9n+2)."""
+
+    def __init__(self, meta, meanfield):
         super().__init__()
-        n = (depth - 2) // 6
-        self.preact, self.meanfield = preact, meanfield
-        self.conv1 = nn.Conv2d(in_c, width, 3, 1, 1, bias=False)
-        if not preact:
-            self.bn1 = nn.BatchNorm2d(width)
+        depth, block, w = int(meta["depth"]), meta["block"], int(meta["base_width"])
+        in_c, classes = int(meta["input"].split("x")[0]), int(meta["num_classes"])
+        resnext = meta.get("family") == "resnext"
+        bottleneck = resnext or block == "bottleneck"
+        self.preact = block in ("preact", "bottleneck")
+        self.meanfield = meanfield
+        n = (depth - 2) // (9 if bottleneck else 6)
+        self.particles = n - 1
+        self.conv1 = nn.Conv2d(in_c, w, 3, 1, 1, bias=False)
+        if not self.preact:
+            self.bn1 = nn.BatchNorm2d(w)
+        c_prev = w
         for s in range(3):
-            c_out = width << s
             blocks = []
             for j in range(n):
-                down = s > 0 and j == 0
-                blocks.append(Block(c_out // 2 if down else c_out, c_out, 2 if down else 1, preact,
-                                    meanfield and j > 0))
+                stride = 2 if s > 0 and j == 0 else 1
+                if not bottleneck:
+                    c_out = w << s
+                    chain = [(c_prev, c_out, 3, stride, 1), (c_out, c_out, 3, 1, 1)]
+                    shortcut = "A" if stride == 2 else "identity"
+                else:
+                    c_out = (4 * w) << s
+                    mid = (int(meta["cardinality"]) * int(meta["group_width"])) << s if resnext else w << s
+                    groups = int(meta["cardinality"]) if resnext else 1
+                    chain = [(c_prev, mid, 1, 1, 1), (mid, mid, 3, stride, groups), (mid, c_out, 1, 1, 1)]
+                    shortcut = ("proj+bn" if resnext else "proj") if j == 0 else "identity"
+                blocks.append(Block(chain, self.preact, shortcut, meanfield and j > 0))
+                c_prev = c_out
             setattr(self, "layer%d" % (s + 1), nn.ModuleList(blocks))
-        if preact:
-            self.bn_final = nn.BatchNorm2d(4 * width)
-        self.fc = nn.Linear(4 * width, classes)
+        if self.preact:
+            self.bn_final = nn.BatchNorm2d(c_prev)
+        self.fc = nn.Linear(c_prev, classes)
 
     def stages(self):
         return [self.layer1, self.layer2, self.layer3]
@@ -188,22 +232,26 @@ class ResNet(nn.Module):
 
 
 # ---------------------------------------------------------------- comparison
-def rel_err(a, b):
+def rel_err(a, b, floor=1e-30):
+    """|a - b| / max(|b|, floor): floor keeps a tensor whose true value is zero
+    (a bias that only batch norms see later has an exactly zero gradient) from
+    turning float32 rounding into an infinite relative error."""
     a, b = a.double().reshape(-1), b.double().reshape(-1)
-    return (a - b).norm().item() / max(b.norm().item(), 1e-30)
+    return (a - b).norm().item() / max(b.norm().item(), floor)
 
 
-def resolve_kinks(relus, params, names, grads_c, ref, errs):
+def kink_bounds(relus, params, names, ref, floor):
     """The gradient of a ReLU network jumps where a ReLU input crosses zero.
     Where the float64 reference has a ReLU input within float32 reach of zero
     (|y| < KINK_MARGIN * rms(y); float32 forwards deviate by <= ~3e-6 * rms),
     the float32 side may legitimately have taken the other branch, and one such
-    element can move every gradient below it by ~1e-3. For those elements, the
-    other one-sided gradient is ref -/+ g_e * dy_e/dtheta (g_e the gradient
-    reaching the ReLU output): apply, in order of increasing margin, each flip
-    that brings the reference closer to the C gradients. Only a handful of
-    near-zero elements qualify, each changing the gradients by ~1e-3 relative:
-    no real bug (errors of order 1) can hide behind them."""
+    element moves every gradient below it by g_e * dy_e/dtheta (g_e the gradient
+    reaching the ReLU output). The reference is never edited: this returns, per
+    tensor, the sum of those possible jumps over the (at most MAX_KINKS)
+    near-zero elements, relative to the tensor's norm, and the number of
+    candidates. A tensor whose error exceeds GRAD_TOL passes only within
+    GRAD_TOL + its bound, and only while the bound stays below KINK_BOUND_MAX,
+    so no real bug (errors of order 1) can hide behind it."""
     cands = []
     for li, (y, o) in enumerate(relus):
         yd = y.detach()
@@ -214,44 +262,17 @@ def resolve_kinks(relus, params, names, grads_c, ref, errs):
     cands.sort()
     cands = cands[:MAX_KINKS]
     plist = [params[k] for k in names]
-
-    def objective(g):
-        return sum(min(rel_err(grads_c[k], g[k]), 1.0) ** 2 for k in names)
-
-    best = objective(ref)
-    flipped, deltas = [], {}
-    for _ in range(3):  # a flip may only pay off once a larger one is applied: a few passes
-        changed = False
-        for margin, li, e in cands:
-            if (li, e) in flipped:
-                continue
-            if (li, e) not in deltas:
-                y, o = relus[li]
-                g_e = o.grad.reshape(-1)[e].item()
-                sign = -1.0 if y.reshape(-1)[e].item() > 0 else 1.0  # mask 1 -> 0 removes g_e, else adds it
-                d = torch.autograd.grad(y.reshape(-1)[e], plist, retain_graph=True, allow_unused=True) \
-                    if g_e != 0.0 else [None] * len(plist)
-                deltas[(li, e)] = {k: sign * g_e * dk for k, dk in zip(names, d) if dk is not None}
-            delta = deltas[(li, e)]
-            if not delta:
-                continue
-            trial = {k: ref[k] + delta[k] if k in delta else ref[k] for k in names}
-            obj = objective(trial)
-            if DEBUG_KINKS:
-                print("    kink cand margin %.1e layer %d: objective %.3e -> %.3e" % (margin, li, best, obj))
-            if obj < 0.9 * best:
-                ref, best, changed = trial, obj, True
-                flipped.append((li, e))
-                if all(rel_err(grads_c[k], ref[k]) <= 0.5 * GRAD_TOL for k in names):
-                    break  # explained: no need to look further
-        if not changed or all(rel_err(grads_c[k], ref[k]) <= 0.5 * GRAD_TOL for k in names):
-            break
-    margins = {(c[1], c[2]): c[0] for c in cands}
-    flipped = ["%.0e" % margins[f] for f in flipped]
-    errs = {k: rel_err(grads_c[k], ref[k]) for k in names}
-    note = " [%d ReLU kink(s) resolved, margins %s]" % (len(flipped), ",".join(flipped)) if flipped else \
-        " [no ReLU kink explains it: %d candidates]" % len(cands)
-    return ref, errs, note
+    bound = {k: 0.0 for k in names}
+    for _, li, e in cands:
+        y, o = relus[li]
+        g_e = o.grad.reshape(-1)[e].item()
+        if g_e == 0.0:
+            continue
+        d = torch.autograd.grad(y.reshape(-1)[e], plist, retain_graph=True, allow_unused=True)
+        for k, dk in zip(names, d):
+            if dk is not None:
+                bound[k] += abs(g_e) * dk.norm().item()
+    return {k: bound[k] / max(ref[k].norm().item(), floor) for k in names}, len(cands)
 
 
 def run_case(build, tmp, case):
@@ -259,14 +280,14 @@ def run_case(build, tmp, case):
     t0 = time.time()
     out = os.path.join(tmp, name)
     args = [os.path.join(build, "tools", "resnet_dump"), "--out", out]
-    for k in ("depth", "block", "mode", "tau-init", "batch", "input", "classes", "seed", "steps", "lr", "momentum",
+    for k in ("model", "width", "depth", "block", "mode", "tau-init", "batch", "input", "classes", "seed", "steps", "lr", "momentum",
               "wd", "nesterov", "tau-lr-mult"):
         if k in case:
             args += ["--" + k, str(case[k])]
     p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     if p.returncode != 0:
         print("FAIL %s: resnet_dump exited %d:\n%s" % (name, p.returncode, p.stdout))
-        return False
+        return "fail"
     weights, meta = load_safetensors(os.path.join(out, "model.safetensors"))
     inputs, _ = load_safetensors(os.path.join(out, "inputs.safetensors"))
     grads_c, _ = load_safetensors(os.path.join(out, "grads.safetensors"))
@@ -274,16 +295,14 @@ def run_case(build, tmp, case):
     with open(os.path.join(out, "result.json")) as f:
         res = json.load(f)
 
-    depth, preact = int(meta["depth"]), meta["block"] == "preact"
     meanfield, grid = meta["mode"] == "meanfield", meta["tau_init"] == "grid"
-    in_c = int(meta["input"].split("x")[0])
-    model = ResNet(depth, preact, meanfield, in_c, int(meta["num_classes"]), int(meta["base_width"])).double()
+    model = ResNet(meta, meanfield).double()
     sd = model.state_dict()
     ours = {k for k in sd if not k.endswith("num_batches_tracked")}
     if ours != set(weights):
         print("FAIL %s: state_dict names differ: only in C %s, only in torch %s" %
               (name, sorted(set(weights) - ours)[:5], sorted(ours - set(weights))[:5]))
-        return False
+        return "fail"
     model.load_state_dict({k: v.double() for k, v in weights.items()}, strict=False)
     model.train()
     x = inputs["images"].double()
@@ -309,12 +328,16 @@ def run_case(build, tmp, case):
                     (sorted(set(grads_c) - set(params))[:5], sorted(set(params) - set(grads_c))[:5]))
     names = sorted(set(grads_c) & set(params))
     ref = {k: params[k].grad.clone() for k in names}
-    errs = {k: rel_err(grads_c[k], ref[k]) for k in names}
-    kinks = ""
-    if any(not e <= GRAD_TOL for e in errs.values()):
-        ref, errs, kinks = resolve_kinks(relus, params, names, grads_c, ref, errs)
-        for k in names:  # the SGD steps start from the gradient the C side took
-            params[k].grad.copy_(ref[k])
+    # Against each tensor's norm, or 1e-3 of the whole gradient's where that is larger.
+    g_floor = 1e-3 * sum(ref[k].double().norm().item() ** 2 for k in names) ** 0.5
+    errs = {k: rel_err(grads_c[k], ref[k], g_floor) for k in names}
+    kinks, kink_case = "", False
+    bad = [k for k in names if not errs[k] <= GRAD_TOL]
+    if bad:
+        bounds, n_cands = kink_bounds(relus, params, names, ref, g_floor)
+        kink_case = n_cands > 0 and all(errs[k] <= GRAD_TOL + bounds[k] <= KINK_BOUND_MAX for k in bad)
+        kinks = " [%d ReLU input(s) within float32 reach of zero; %d of %d mismatching tensor(s) within their kink bound]" % (
+            n_cands, sum(errs[k] <= GRAD_TOL + bounds[k] <= KINK_BOUND_MAX for k in bad), len(bad))
     del relus
     worst_g_name = max(errs, key=errs.get) if errs else ""
     worst_g = errs.get(worst_g_name, 0.0)
@@ -334,8 +357,7 @@ def run_case(build, tmp, case):
     if taus:
         groups.append({"params": taus, "lr": lr * tau_mult, "weight_decay": 0.0})
     opt = torch.optim.SGD(groups, lr=lr, momentum=mom, weight_decay=wd, nesterov=nesterov)
-    n_part = (depth - 2) // 6 - 1
-    t_end = 1.0 if grid else float(n_part)
+    t_end = 1.0 if grid else float(model.particles)
     losses_t = [loss.item()]
     for k in range(steps):
         if k > 0:
@@ -367,14 +389,14 @@ def run_case(build, tmp, case):
     sd_t = model.state_dict()
     worst_state, worst_state_name = 0.0, ""
     for k, v in sorted(final_c.items()):
-        e = rel_err(v, sd_t[k])
+        e = rel_err(v, sd_t[k], 1e-3 * v.numel() ** 0.5)  # zero tensors: 1e-3 per element
         if e > worst_state:
             worst_state, worst_state_name = e, k
         if not e <= STATE_TOL:
             ok = False
             msgs.append("after %d steps, %s: rel %.2e" % (steps, k, e))
     # ---- inference: C's final model, folded batch norms, against PyTorch's eval mode on the same tensors
-    evaluator = ResNet(depth, preact, meanfield, in_c, int(meta["num_classes"]), int(meta["base_width"])).double()
+    evaluator = ResNet(meta, meanfield).double()
     evaluator.load_state_dict({k: v.double() for k, v in final_c.items()}, strict=False)
     evaluator.eval()
     with torch.no_grad():
@@ -392,13 +414,15 @@ def run_case(build, tmp, case):
            worst_state_name, e_eval, ",".join("%.5f" % v for v in losses_t), tau_final))
     for m in msgs:
         print("    " + m)
-    return ok
+    if not ok and kink_case:
+        return "kink"
+    return "ok" if ok else "fail"
 
 
 def cases():
     base = dict(batch=8, input="3x16x16", classes=10, steps=3, lr=0.05, momentum=0.9, wd=5e-4, nesterov=0)
     out = []
-    for depth in (8, 20):
+    for depth in (8, 20):  # basic blocks
         for block in ("postact", "preact"):
             for mode in ("vanilla", "meanfield"):
                 c = dict(base, depth=depth, block=block, mode=mode, seed=len(out) + 1,
@@ -417,6 +441,19 @@ def cases():
                     input="3x32x32", batch=8, seed=12, nesterov=1))
     out.append(dict(base, name="d32-preact-meanfield-grid", depth=32, block="preact", mode="meanfield",
                     **{"tau-init": "grid"}, seed=13, **{"tau-lr-mult": 2}))
+    # The Table 1 block kinds at small widths: the pre-activation bottleneck
+    # (ResNet-164's block, 1x1 projections) and ResNeXt post- and
+    # pre-activation (grouped 3x3, projection + BN), three blocks a stage so
+    # that two particles per stage are sorted in reverse.
+    small = dict(base, input="3x8x8", batch=8)
+    out.append(dict(small, name="d29-bottleneck-meanfield", model="resnet29", block="bottleneck", mode="meanfield",
+                    **{"tau-init": "grid"}, seed=14))
+    out.append(dict(small, name="d11-bottleneck-vanilla", model="resnet11", block="bottleneck", mode="vanilla",
+                    seed=15, nesterov=1))
+    out.append(dict(small, name="resnext29-2x8d-postact-meanfield", model="resnext29-2x8d", width=16,
+                    block="postact", mode="meanfield", **{"tau-init": "grid"}, seed=16, classes=100))
+    out.append(dict(small, name="resnext29-2x8d-preact-meanfield", model="resnext29-2x8d", width=16,
+                    block="preact", mode="meanfield", **{"tau-init": "unit"}, seed=17))
     return out
 
 
@@ -426,15 +463,28 @@ def main():
     if not os.access(tool, os.X_OK):
         print("FAIL: %s not found; build it with `make %s` (or `make test`)" % (tool, tool))
         return 1
-    failed = []
+    failed, reseeded = [], 0
     with tempfile.TemporaryDirectory(prefix="mfres-torch-") as tmp:
         for c in cases():
-            if not run_case(build, tmp, c):
+            # A case whose only mismatches are explained by ReLU inputs within
+            # float32 reach of zero says nothing either way: it is drawn again
+            # with other inputs and weights (never by editing the reference),
+            # at most RESEEDS times; a real bug fails on every draw.
+            for attempt in range(RESEEDS + 1):
+                trial = dict(c, seed=c["seed"] + 1000 * attempt)
+                if attempt:
+                    trial["name"] = "%s-seed%d" % (c["name"], trial["seed"])
+                    reseeded += 1
+                r = run_case(build, tmp, trial)
+                if r != "kink":
+                    break
+                print("     (%s: a ReLU kink explains the mismatch; drawing other inputs)" % trial["name"])
+            if r != "ok":
                 failed.append(c["name"])
     if failed:
         print("FAILED: %d of %d cases: %s" % (len(failed), len(cases()), " ".join(failed)))
         return 1
-    print("all %d cases agree with PyTorch (float64)" % len(cases()))
+    print("all %d cases agree with PyTorch (float64); %d redrawn for a ReLU kink" % (len(cases()), reseeded))
     return 0
 
 

@@ -154,6 +154,8 @@ int cmd_bench(int argc, char **argv) {
         printf("model %s %s %s, batch %d, input %dx%dx%d, %d threads, %ld timed steps\n", tag,
                mfres_block_name(cfg.block), mfres_mode_name(cfg.mode), cfg.batch, cfg.in_c, cfg.in_h, cfg.in_w,
                nthreads, iters);
+        printf("  %zu parameters (%.2f M), %.1f MFLOPs per image forward\n", m.n_params, m.n_params / 1e6,
+               m.forward_flops / 1e6);
         printf("  training:  %8.1f images/s  %6.1f ms/step  %6.1f GFLOP/s (3x forward FLOPs)\n", train_ips,
                1e3 * t_train / iters, train_ips * 3 * m.forward_flops / 1e9);
         printf("  inference: %8.1f images/s  %6.1f ms/step  %6.1f GFLOP/s\n", infer_ips, 1e3 * t_infer / iters,

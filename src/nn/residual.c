@@ -6,7 +6,7 @@
  * activation; there the add, the ReLU and its mask come out of
  * nn_bn_residual_relu_forward) or into the gradient scale (pre-activation) and
  * gets dE/dh from small per-channel or per-weight sums (see
- * src/models/resnet.c, block_backward); only the output ReLU's mask is applied
+ * src/models/block_postact.c and block_preact.c); only the output ReLU's mask is applied
  * here. */
 #include <stdlib.h>
 #include <string.h>

@@ -38,7 +38,8 @@ typedef struct options {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: resnet_dump --out DIR [--depth 20] [--block postact|preact] [--mode vanilla|meanfield]\n"
+            "usage: resnet_dump --out DIR [--model resnet20|resnext29-2x8d|...] [--depth 20] [--width 16]\n"
+            "                   [--block postact|preact|bottleneck] [--mode vanilla|meanfield]\n"
             "                   [--tau-init unit|grid] [--batch 8] [--input 3x16x16] [--classes 10] [--seed 1]\n"
             "                   [--steps 3] [--lr 0.1] [--momentum 0.9] [--wd 5e-4] [--nesterov 0|1]\n"
             "                   [--tau-lr-mult 1]\n");
@@ -88,10 +89,17 @@ static int parse_args(int argc, char **argv, options *o) {
         if (!strcmp(a, "--depth")) {
             if (parse_int(a, v, 8, 1202, &x)) return -1;
             o->cfg.depth = (int)x;
+        } else if (!strcmp(a, "--model")) { /* resnetN, resnextN-CxDd (sets the width; --width after it overrides) */
+            if (mfres_model_config_from_name(&o->cfg, v))
+                return fprintf(stderr, "resnet_dump: %s\n", mfres_last_error()), -1;
+        } else if (!strcmp(a, "--width")) {
+            if (parse_int(a, v, 16, 1024, &x)) return -1;
+            o->cfg.base_width = (int)x;
         } else if (!strcmp(a, "--block")) {
             if (!strcmp(v, "postact")) o->cfg.block = MFRES_BLOCK_POSTACT;
             else if (!strcmp(v, "preact")) o->cfg.block = MFRES_BLOCK_PREACT;
-            else return fprintf(stderr, "resnet_dump: --block expects postact or preact, got '%s'\n", v), -1;
+            else if (!strcmp(v, "bottleneck")) o->cfg.block = MFRES_BLOCK_BOTTLENECK;
+            else return fprintf(stderr, "resnet_dump: --block expects postact, preact or bottleneck, got '%s'\n", v), -1;
         } else if (!strcmp(a, "--mode")) {
             if (!strcmp(v, "vanilla")) o->cfg.mode = MFRES_MODE_VANILLA;
             else if (!strcmp(v, "meanfield")) o->cfg.mode = MFRES_MODE_MEANFIELD;
