@@ -265,37 +265,23 @@ START_TEST(batchnorm_fused_relu) { check_batchnorm(true); }
 END_TEST
 
 /* ---- the loops: residual, shortcut, pool, linear, softmax cross-entropy ---- */
-START_TEST(residual_and_relu_mask) {
+START_TEST(residual_forward) {
     size_t n = 5000;
-    double *sc = randn(n, 8), *br = randn(n, 9), *dy = randn(n, 10), h = 0.37;
+    double *sc = randn(n, 8), *br = randn(n, 9), h = 0.37;
     float *scf = to_float(sc, n), *brf = to_float(br, n), *out = mfres_alloc(n * 4, "t");
-    unsigned char *mask = mfres_alloc(n, "t");
-    for (int relu = 0; relu <= 1; relu++) {
-        double *o = calloc(n, 8), *dsc = calloc(n, 8), *dbr = calloc(n, 8), dh = 0;
-        ref_residual_forward(o, sc, br, h, relu, (long)n);
-        ref_residual_backward(dsc, dbr, &dh, dy, o, br, h, relu, (long)n);
-        if (!relu) {
-            nn_residual_forward(out, scf, brf, (float)h, n);
-            double *og = to_double(out, n);
-            ASSERT_CLOSE("residual forward", og, o, n, 1e-6);
-            free(og);
-        } else { /* the ReLU's backward from a mask of out > 0 is the reference's shortcut gradient */
-            for (size_t i = 0; i < n; i++) mask[i] = o[i] > 0;
-            float *g = to_float(dy, n);
-            nn_relu_backward_inplace(g, mask, n);
-            double *gd = to_double(g, n);
-            ASSERT_CLOSE("relu backward from mask", gd, dsc, n, 1e-7);
-            mfres_free(g), free(gd);
-        }
-        free(o), free(dsc), free(dbr);
-    }
-    free(sc), free(br), free(dy), mfres_free(scf), mfres_free(brf), mfres_free(out), mfres_free(mask);
+    double *o = calloc(n, 8);
+    ref_residual_forward(o, sc, br, h, false, (long)n);
+    nn_residual_forward(out, scf, brf, (float)h, n);
+    double *og = to_double(out, n);
+    ASSERT_CLOSE("residual forward", og, o, n, 1e-6);
+    free(og), free(o), free(sc), free(br), mfres_free(scf), mfres_free(brf), mfres_free(out);
 }
 END_TEST
 
 /* Batch statistics and out = relu(shortcut + BN(t)) in one pass (bn_residual.c)
  * against the reference batch norm and residual; mean far from zero, so a
- * careless E[x^2] - mean^2 in float would show. */
+ * careless E[x^2] - mean^2 in float would show. Then the ReLU's backward from
+ * the mask that pass recorded against the reference residual's backward. */
 START_TEST(batchnorm_residual_relu_fused) {
     int N = 5, C = 32, HW = 7 * 9;
     size_t n = (size_t)N * C * HW;
@@ -320,6 +306,13 @@ START_TEST(batchnorm_residual_relu_fused) {
                 size_t i = ((size_t)b * C + c) * HW + p, j = (((size_t)b * (C / ctx.block) + c / ctx.block) * HW + p) * ctx.block + c % ctx.block;
                 ck_assert_int_eq(mask[j], o[i] > 0);
             }
+    double *dy = randn(n, 25), *dsc = calloc(n, 8), *dbr = calloc(n, 8), dh = 0;
+    ref_residual_backward(dsc, dbr, &dh, dy, o, bn, 1.0, true, (long)n);
+    float *g = to_blocked(dy, N, C, HW);
+    nn_relu_backward_inplace(g, mask, n);
+    double *gd = from_blocked(g, N, C, HW);
+    ASSERT_CLOSE("relu backward from the forward's mask", gd, dsc, n, 1e-7);
+    free(dy), free(dsc), free(dbr), free(gd), mfres_free(g);
     free(t), free(sc), free(gamma), free(beta), free(bn), free(o), free(mean), free(rstd), free(var), free(mg), free(vg), free(og);
     mfres_free(tf), mfres_free(scf), mfres_free(gf), mfres_free(bf), mfres_free(out), mfres_free(meanf), mfres_free(varf);
     mfres_free(mask);
@@ -407,7 +400,7 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, conv3x3_plain_input_1_channel);
     tcase_add_test(tc, batchnorm_plain);
     tcase_add_test(tc, batchnorm_fused_relu);
-    tcase_add_test(tc, residual_and_relu_mask);
+    tcase_add_test(tc, residual_forward);
     tcase_add_test(tc, batchnorm_residual_relu_fused);
     tcase_add_test(tc, shortcut_a_blocked);
     tcase_add_test(tc, pool_linear_softmax);
