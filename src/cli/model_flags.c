@@ -54,7 +54,7 @@ int cli_model_flag(const char *cmd, int argc, char **argv, int *i, mfres_model_c
         if (!strcmp(v, "postact")) cfg->block = MFRES_BLOCK_POSTACT;
         else if (!strcmp(v, "preact")) cfg->block = MFRES_BLOCK_PREACT;
         else if (!strcmp(v, "bottleneck")) cfg->block = MFRES_BLOCK_BOTTLENECK;
-        else return cli_usage_error(cmd, "--block expects postact, preact or bottleneck, got '%s'", v);
+        else return cli_usage_error(cmd, "--block expects postact or preact (basic blocks) or bottleneck, got '%s'", v);
         return 1;
     }
     if ((r = cli_flag(cmd, argc, argv, i, "--mode", &v))) {
