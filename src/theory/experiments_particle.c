@@ -26,6 +26,8 @@ void mfres_pexp_config_default(mfres_pexp_config *c) {
     c->target = 1e-3;
     c->tau_lr_mult = 1.0;
     c->steps = 200;
+    c->rate = 1.0;
+    c->conservative = 1;
 }
 
 /* ---------------- helpers ---------------- */
