@@ -95,7 +95,10 @@ int mfres_pexp_birth_death(const mfres_pexp_config *c) {
                 mfres_pmass pm;
                 rc = mfres_pmass_init(&pm, &net, D.n, arm ? c->rate : 0.0, arm != 2);
                 double *tr = traj + (((size_t)init * BD_ARMS + arm) * S + s) * T;
-                for (long st = 0; st < steps && !rc; st++) rc = mfres_pmass_step(&pm, &net, D.x, D.y, D.n, c->lr, &tr[st]);
+                for (long st = 0; st < steps && !rc; st++) {
+                    rc = mfres_pmass_step(&pm, &net, D.x, D.y, D.n, c->lr, &tr[st]);
+                    if (!rc) rc = pexp_check_diverged(tr[0], tr[st], st, c->lr);
+                }
                 if (!rc) rc = mfres_pmass_loss_grad(&pm, &net, D.x, D.y, D.n, &tr[T - 1]);
                 if (!rc) {
                     /* effective particle count per block, (Σc)² / Σc², averaged over blocks, as a fraction of M */
@@ -401,6 +404,7 @@ int mfres_pexp_particle_limit(const mfres_pexp_config *c) {
                     rc = mfres_pnet_train_step(&net, &tr, D.x, D.y, &rng, r + t * Q, NULL);
                 else
                     rc = mfres_pnet_loss(&net, &tr.w, D.x, D.y, D.n, r + t * Q);
+                if (!rc) rc = pexp_check_diverged(r[0], r[t * Q], (long)t, c->lr);
             }
             if (rc) rc = mfres_fail_context(rc, "particle-limit: N = %ld, seed %d", c->Ns[a], s);
             mfres_pnet_trainer_free(&tr);

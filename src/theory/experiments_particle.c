@@ -126,10 +126,13 @@ static int train_run(const mfres_pexp_config *c, const mfres_pnet_config *ncfg, 
         mfres_pnet_free(&net);
         return rc;
     }
+    double E0 = 0;
     for (long s = 0; s < steps && !rc; s++) {
         double E;
         long inv = 0;
         rc = mfres_pnet_train_step(&net, &tr, D->x, D->y, &rng, &E, &inv);
+        if (s == 0) E0 = E;
+        if (!rc) rc = pexp_check_diverged(E0, E, s, c->lr);
         if (traj) traj[s] = E;
         if (inversions) inversions[s] = inv;
     }
@@ -155,6 +158,15 @@ static int train_run(const mfres_pexp_config *c, const mfres_pnet_config *ncfg, 
     else
         mfres_pnet_free(&net);
     return MFRES_OK;
+}
+
+int pexp_check_diverged(double E0, double E, long step, double lr) {
+    if (isfinite(E) && !(E > MFRES_PEXP_DIVERGE * E0))
+        return MFRES_OK;
+    return mfres_fail(MFRES_ENUMERIC,
+                      "training diverged: the loss is %g at step %ld (training time %g), %g times the initial %g; "
+                      "lower --lr",
+                      E, step, step * lr, E / E0, E0);
 }
 
 double pexp_mean(const double *a, int n) {

@@ -11,6 +11,7 @@
 
 #define MFRES_PEXP_MAX_LIST 16
 #define MFRES_PEXP_MAX_STEPS 100000000L /* --time / --lr beyond this is an error, not a silent wrap */
+#define MFRES_PEXP_DIVERGE 1e6           /* a loss this many times the initial one: the run diverged */
 
 typedef struct mfres_pexp_config {
     const char *out_dir;
@@ -68,6 +69,8 @@ int pexp_csv_commit(pexp_csv *o);
 /* Writes <out>/<name>.gp and runs gnuplot; a gnuplot failure is a warning (the CSV is the result). */
 int pexp_plot(const mfres_pexp_config *c, const char *name, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void pexp_describe(const mfres_pexp_config *c, const mfres_pnet_config *n, const mfres_pdata *D);
+/* MFRES_OK, or an ENUMERIC failure saying the run diverged (E not finite or > MFRES_PEXP_DIVERGE · E0). */
+int pexp_check_diverged(double E0, double E, long step, double lr);
 double pexp_mean(const double *a, int n);
 double pexp_std(const double *a, int n);
 
