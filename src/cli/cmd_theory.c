@@ -17,6 +17,7 @@ static void print_usage(FILE *out) {
             "  birth-death        Wasserstein vs Wasserstein-Fisher-Rao (birth-death) particle flow (lab III)\n"
             "  expansion          deep network vs its ensemble expansion to second order (lab III)\n"
             "  particle-limit     the particle flow as N grows: distance to the largest N, fitted rate (lab III)\n"
+            "  train              one training run; saves the particles (.npy) and continues from them (--load)\n"
             "deep linear ResNets (P3):\n"
             "  linear <experiment>  run 'mfres theory linear --help'\n");
 }

@@ -10,8 +10,8 @@
 #include "theory/experiments_particle.h"
 
 static const char *const experiments[] = {"zero-loss", "mean-field-limit", "adjoint", "ensemble", "sorted-tau", "bench",
-                                          "birth-death", "expansion", "particle-limit"};
-enum { NEXP = 9, EXP_BENCH = 5, EXP_BIRTH_DEATH = 6, EXP_EXPANSION = 7, EXP_PARTICLE_LIMIT = 8 };
+                                          "birth-death", "expansion", "particle-limit", "train"};
+enum { NEXP = 10, EXP_BENCH = 5, EXP_BIRTH_DEATH = 6, EXP_EXPANSION = 7, EXP_PARTICLE_LIMIT = 8, EXP_TRAIN = 9 };
 
 static const char *const exp_help[NEXP] = {
     "zero-loss (P2/P2', P1 Theorem 3): final training loss over a grid of depth L and width M after a fixed\n"
@@ -42,6 +42,10 @@ static const char *const exp_help[NEXP] = {
     "particle-limit (P1 section 3.3; lab III): the particle flow with N = L*M particles against the largest N:\n"
     "  distance of the loss curve and of test functionals of rho_t, and the fitted rate in N.\n"
     "  Defaults: --L 4 --N 16,32,...,16384 --time 20 --seeds 4.\n",
+    "train: one training run (particle gradient descent on theta); writes train.csv and saves the particles\n"
+    "  (theta, tau, embedding W2, read-out W1 as .npy, with particles.json) to --save DIR (default OUT/particles);\n"
+    "  --load DIR continues from saved particles (their L, M, unit, act, d replace the flags).\n"
+    "  Defaults: --L 8 --M 16 --time 50.\n",
 };
 
 static void usage(FILE *f, int which) {
@@ -73,7 +77,8 @@ static void usage(FILE *f, int which) {
             "  --tau-lr-mult X    sorted-tau: tau moves by lr * X * L * dE/dtau (default 0.01)\n"
             "  --steps N          bench: timed steps (default 200)\n"
             "  --rate A           birth-death: the birth-death rate (default 1)\n"
-            "  --N LIST           particle-limit: total particle counts, increasing multiples of --L (default 2^4..2^14)\n");
+            "  --N LIST           particle-limit: total particle counts, increasing multiples of --L (default 2^4..2^14)\n"
+            "  --save DIR, --load DIR  train: where to save the particles, and particles to start from\n");
 }
 
 static int set_list(const char *cmd, const char *flag, const char *v, long *out, int *n) {
@@ -128,6 +133,7 @@ int cmd_theory_particle(int argc, char **argv) {
         break;
     case EXP_BIRTH_DEATH: c.Ls[0] = 8, c.nL = 1, c.Ms[0] = 16, c.nM = 1, c.time = 100, c.seeds = 4; break;
     case EXP_EXPANSION: memcpy(c.Ls, enL, sizeof enL), c.nL = 7, c.Ms[0] = 16, c.nM = 1; break;
+    case EXP_TRAIN: c.Ls[0] = 8, c.nL = 1, c.Ms[0] = 16, c.nM = 1; break;
     case EXP_PARTICLE_LIMIT:
         c.Ls[0] = 4, c.nL = 1, c.Ms[0] = 1, c.nM = 1, c.time = 20, c.seeds = 4;
         for (int i = 0; i < 11; i++) c.Ns[i] = 16L << i;
@@ -259,6 +265,14 @@ int cmd_theory_particle(int argc, char **argv) {
             if (set_list(cmd, "--N", v, c.Ns, &c.nN)) return 2;
         } else if (r == 2) {
             return 2;
+        } else if ((r = FLAG("--save")) == 1) {
+            c.save_dir = v;
+        } else if (r == 2) {
+            return 2;
+        } else if ((r = FLAG("--load")) == 1) {
+            c.load_dir = v;
+        } else if (r == 2) {
+            return 2;
         } else if ((r = FLAG("--steps")) == 1) {
             if (cli_parse_long(cmd, "--steps", v, 1, 100000000, &lv)) return 2;
             c.steps = lv;
@@ -293,6 +307,8 @@ int cmd_theory_particle(int argc, char **argv) {
     }
     if ((which == EXP_BIRTH_DEATH || which == EXP_EXPANSION) && c.net.unit == MFRES_UNIT_MATRIX)
         return cli_usage_error(cmd, "%s needs --unit neuron or neuron-nobias", experiments[which]);
+    if ((c.save_dir || c.load_dir) && which != EXP_TRAIN)
+        return cli_usage_error(cmd, "--save and --load belong to 'mfres theory train'");
     if (which != 3 && which != EXP_EXPANSION && which != EXP_BENCH && (c.time / c.lr > MFRES_PEXP_MAX_STEPS))
         return cli_usage_error(cmd, "--time %g / --lr %g is %.3g training steps; at most %g (raise --lr or lower --time)",
                                c.time, c.lr, c.time / c.lr, (double)MFRES_PEXP_MAX_STEPS);
@@ -308,6 +324,7 @@ int cmd_theory_particle(int argc, char **argv) {
     case EXP_BIRTH_DEATH: rc = mfres_pexp_birth_death(&c); break;
     case EXP_EXPANSION: rc = mfres_pexp_expansion(&c); break;
     case EXP_PARTICLE_LIMIT: rc = mfres_pexp_particle_limit(&c); break;
+    case EXP_TRAIN: rc = mfres_pexp_train(&c); break;
     }
     fflush(stdout);
     return rc ? cli_runtime_error(cmd) : 0;

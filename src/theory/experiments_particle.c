@@ -830,3 +830,75 @@ done:
     mfres_pdata_free(&D);
     return rc;
 }
+
+/* ---------------- train: one run, saved and continued ---------------- */
+
+int mfres_pexp_train(const mfres_pexp_config *c) {
+    mfres_pnet_config ncfg = c->net;
+    mfres_pdata D;
+    mfres_pnet net;
+    pexp_csv cv;
+    char save[4096];
+    memset(&net, 0, sizeof net);
+    int rc = pexp_load_data(c, &D, &ncfg);
+    if (rc) return rc;
+    const long steps = pexp_steps_for(c);
+    double *traj = steps > 0 ? malloc((size_t)(steps + 1) * sizeof(double)) : NULL;
+    if (steps < 0) {
+        rc = (int)steps;
+        goto done;
+    }
+    if (!traj) {
+        rc = mfres_fail(MFRES_ENOMEM, "train: out of memory");
+        goto done;
+    }
+    mfres_rng rng;
+    mfres_rng_seed(&rng, pexp_mix(c->seed, 0x7a1));
+    if (c->load_dir) {
+        if ((rc = mfres_pnet_load(&net, c->load_dir))) goto done;
+        if (net.cfg.d_in != D.d_in || net.cfg.k != D.k) {
+            rc = mfres_fail(MFRES_EINVAL, "train: the particles in %s take d_in = %d inputs and k = %d outputs; the data "
+                            "has %d and %d (use --d-in/--k or the same data file)",
+                            c->load_dir, net.cfg.d_in, net.cfg.k, D.d_in, D.k);
+            goto done;
+        }
+        ncfg = net.cfg;
+    } else if ((rc = mfres_pnet_init(&net, &ncfg, &rng))) {
+        goto done;
+    }
+    pexp_describe(c, &ncfg, &D);
+    mfres_pnet_train_config tc;
+    mfres_pnet_train_config_default(&tc);
+    tc.lr = c->lr;
+    tc.batch = c->batch;
+    mfres_pnet_trainer tr;
+    if ((rc = mfres_pnet_trainer_init(&tr, &net, &tc, D.n, c->method, c->substeps))) goto done;
+    for (long s = 0; s < steps && !rc; s++) {
+        rc = mfres_pnet_train_step(&net, &tr, D.x, D.y, &rng, &traj[s], NULL);
+        if (!rc) rc = pexp_check_diverged(traj[0], traj[s], s, c->lr);
+    }
+    if (!rc) rc = mfres_pnet_loss(&net, &tr.w, D.x, D.y, D.n, &traj[steps]);
+    mfres_pnet_trainer_free(&tr);
+    if (rc) goto done;
+    printf("# train: L = %d, M = %d, %ld steps of lr %g%s%s\n", ncfg.L, ncfg.M, steps, c->lr,
+           c->load_dir ? ", continued from " : "", c->load_dir ? c->load_dir : "");
+    printf("initial_loss=%.17g final_loss=%.17g\n", traj[0], traj[steps]);
+    if ((rc = pexp_csv_open(&cv, c, "train.csv", "step,time,loss"))) goto done;
+    for (long s = 0; s <= steps; s++) fprintf(cv.af.fp, "%ld,%g,%.17g\n", s, s * c->lr, traj[s]);
+    if ((rc = pexp_csv_commit(&cv))) goto done;
+    if (c->save_dir)
+        snprintf(save, sizeof save, "%s", c->save_dir);
+    else
+        snprintf(save, sizeof save, "%s/particles", c->out_dir);
+    if ((rc = mfres_pnet_save(&net, save))) goto done;
+    mfres_log("saved the particles to %s (theta.npy, tau.npy, W2.npy, W1.npy, particles.json)", save);
+    rc = pexp_plot(c, "train",
+                   "set logscale y\nset xlabel 'training time'\nset ylabel 'training loss'\nset title 'particle ResNet, "
+                   "L = %d, M = %d'\nplot '%s/train.csv' skip 1 using 2:3 with lines lw 2 title 'loss'\n",
+                   ncfg.L, ncfg.M, c->out_dir);
+done:
+    free(traj);
+    mfres_pnet_free(&net);
+    mfres_pdata_free(&D);
+    return rc;
+}

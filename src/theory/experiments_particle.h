@@ -49,6 +49,9 @@ int mfres_pexp_mean_field_limit(const mfres_pexp_config *c);
 int mfres_pexp_adjoint(const mfres_pexp_config *c);
 int mfres_pexp_ensemble(const mfres_pexp_config *c);
 int mfres_pexp_sorted_tau(const mfres_pexp_config *c);
+/* One training run (θ by particle gradient descent), from fresh particles or from load_dir; writes
+ * train.csv and saves the final particles to save_dir (default out_dir/particles). */
+int mfres_pexp_train(const mfres_pexp_config *c);
 /* Theory lab III (src/theory/experiments_lab3.c). */
 int mfres_pexp_birth_death(const mfres_pexp_config *c);
 int mfres_pexp_expansion(const mfres_pexp_config *c);
