@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <unistd.h>
+
+#include "mfres/io.h"
 #include "mfres/theory_lab3.h"
 #include "testutil.h"
 
@@ -340,6 +343,74 @@ START_TEST(test_expansion_remainder_orders) {
 }
 END_TEST
 
+/* ---------------- particle files ---------------- */
+
+/* Save, load: the same network bit for bit; damaged files are refused with the file named. */
+START_TEST(test_particles_save_load) {
+    char dir[] = "/tmp/mfres_particles_XXXXXX", path[256];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    mfres_pnet net, back;
+    mfres_pdata D;
+    make_net(&net, &D, MFRES_UNIT_NEURON_NOBIAS, MFRES_ACT_SOFTPLUS, 3, 4, 5, 2, 6, 44);
+    ck_assert_ok(mfres_pnet_save(&net, dir));
+    ck_assert_ok(mfres_pnet_load(&back, dir));
+    ck_assert_int_eq(back.cfg.unit, net.cfg.unit);
+    ck_assert_int_eq(back.cfg.act, net.cfg.act);
+    ck_assert_int_eq(back.cfg.L, 3);
+    ck_assert_int_eq(back.cfg.M, 4);
+    ck_assert_int_eq(back.cfg.d, 5);
+    ck_assert_int_eq(back.cfg.k, 2);
+    ck_assert_double_eq(back.cfg.act_eps, net.cfg.act_eps);
+    ck_assert_int_eq(memcmp(back.theta, net.theta, mfres_pnet_num_theta(&net) * sizeof(double)), 0);
+    ck_assert_int_eq(memcmp(back.tau, net.tau, 3 * sizeof(double)), 0);
+    ck_assert_int_eq(memcmp(back.W2, net.W2, 25 * sizeof(double)), 0);
+    ck_assert_int_eq(memcmp(back.W1, net.W1, 10 * sizeof(double)), 0);
+    mfres_pnet_free(&back);
+    /* a NaN in θ: the error names theta.npy and the entry */
+    double *th = malloc(mfres_pnet_num_theta(&net) * sizeof(double));
+    memcpy(th, net.theta, mfres_pnet_num_theta(&net) * sizeof(double));
+    th[net.P + 2] = NAN;
+    snprintf(path, sizeof path, "%s/theta.npy", dir);
+    ck_assert_ok(mfres_npy_save_f64(path, th, 12, net.P));
+    ck_assert_int_eq(mfres_pnet_load(&back, dir), MFRES_ENUMERIC);
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), "theta.npy: entry (row 2, column 3) is nan"));
+    /* a θ of the wrong shape */
+    ck_assert_ok(mfres_npy_save_f64(path, net.theta, 11, net.P));
+    ck_assert_int_eq(mfres_pnet_load(&back, dir), MFRES_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), "theta.npy is 11"));
+    ck_assert_ok(mfres_npy_save_f64(path, net.theta, 12, net.P));
+    /* τ out of order */
+    double tau[3] = {net.tau[1], net.tau[0], net.tau[2]};
+    snprintf(path, sizeof path, "%s/tau.npy", dir);
+    ck_assert_ok(mfres_npy_save_f64(path, tau, 3, 1));
+    ck_assert_int_eq(mfres_pnet_load(&back, dir), MFRES_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), "tau must be sorted"));
+    ck_assert_ok(mfres_npy_save_f64(path, net.tau, 3, 1));
+    ck_assert_ok(mfres_pnet_load(&back, dir));
+    mfres_pnet_free(&back);
+    /* another version, and a P that does not fit the unit */
+    snprintf(path, sizeof path, "%s/particles.json", dir);
+    const char *v2 = "{\"format\": \"mfres-particles\", \"version\": 2}";
+    ck_assert_ok(mfres_write_file_atomic(path, v2, strlen(v2)));
+    ck_assert_int_eq(mfres_pnet_load(&back, dir), MFRES_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), "found version 2, expected 1"));
+    const char *badp = "{\"format\": \"mfres-particles\", \"version\": 1, \"unit\": \"neuron\", \"act\": \"tanh\", "
+                       "\"act_eps\": 0.5, \"L\": 3, \"M\": 4, \"d\": 5, \"d_in\": 5, \"k\": 2, \"P\": 10}";
+    ck_assert_ok(mfres_write_file_atomic(path, badp, strlen(badp)));
+    ck_assert_int_eq(mfres_pnet_load(&back, dir), MFRES_EFORMAT);
+    ck_assert_msg(strstr(mfres_last_error(), "has 11 parameters") != NULL, "%s", mfres_last_error());
+    const char *names[] = {"theta.npy", "tau.npy", "W2.npy", "W1.npy", "particles.json"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    ck_assert_int_eq(rmdir(dir), 0);
+    free(th);
+    mfres_pnet_free(&net);
+    mfres_pdata_free(&D);
+}
+END_TEST
+
 static Suite *make_suite(void) {
     Suite *s = suite_create("theory_lab3");
     TCase *tc = tcase_create("core");
@@ -351,6 +422,7 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, test_expansion_order1_matches_ensemble);
     tcase_add_test(tc, test_expansion_order2_grad_fd);
     tcase_add_test(tc, test_expansion_remainder_orders);
+    tcase_add_test(tc, test_particles_save_load);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -44,7 +44,7 @@ void mfres_pmass_free(mfres_pmass *s);
 int mfres_pmass_loss_grad(mfres_pmass *s, const mfres_pnet *net, const double *x, const double *y, int n,
                           double *loss);
 /* One explicit step of the WFR flow of training-time length lr:
- *   θ ← θ − lr ∇_θV,   c ← c · exp(−lr α (V − V̄_ℓ))  (conservative: then rescaled so that Σ_m c = M),
+ *   θ ← θ − lr ∇_θV,   c ← c · exp(−lr α (V − V̄_ℓ))  (conservative: then rescaled to keep Σ_m c),
  *                       c ← c · exp(−lr α V)           (non-conservative),
  * with V̄_ℓ = Σ_m c V / Σ_m c. The exponential keeps every mass positive; the rescaling removes the
  * O(lr²) drift of the explicit step from the conserved total. *loss: before the step. Fails (and

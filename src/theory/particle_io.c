@@ -138,9 +138,10 @@ int mfres_pnet_load(mfres_pnet *net, const char *dir) {
     mfres_rng_seed(&rng, 0); /* the draw is overwritten below */
     if ((rc = mfres_pnet_init(net, &cfg, &rng))) return mfres_fail_context(rc, "%s", path);
     if (net->P != P) {
+        const int want = net->P;
         mfres_pnet_free(net);
         return mfres_fail(MFRES_EFORMAT, "%s: P = %d, but a %s unit with d = %d has %d parameters", path, P, unit, cfg.d,
-                          net->P);
+                          want);
     }
     if ((rc = load_exact(dir, "theta.npy", cfg.L * cfg.M, P, net->theta)) ||
         (rc = load_exact(dir, "tau.npy", cfg.L, 1, net->tau)) || (rc = load_exact(dir, "W2.npy", cfg.d, cfg.d_in, net->W2)) ||

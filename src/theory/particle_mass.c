@@ -125,14 +125,21 @@ int mfres_pmass_step(mfres_pmass *s, mfres_pnet *net, const double *x, const dou
         const double *V = s->V + (size_t)l * M;
         double cv = 0, ct = 0;
         for (int m = 0; m < M; m++) cv += c[m] * V[m], ct += c[m];
-        const double Vbar = s->conservative ? cv / ct : 0.0;
-        double total = 0;
+        if (!s->conservative) {
+            for (int m = 0; m < M; m++) c[m] *= exp(-lr * s->rate * V[m]);
+            continue;
+        }
+        /* conservative: c_m ∝ c_m e^{−lr α (V_m − V̄)} with Σ c = ct, formed in the log domain so that a
+         * large rate concentrates the mass instead of overflowing */
+        const double Vbar = cv / ct;
+        double top = -INFINITY, total = 0;
+        for (int m = 0; m < M; m++)
+            if (c[m] > 0) top = fmax(top, log(c[m]) - lr * s->rate * (V[m] - Vbar));
         for (int m = 0; m < M; m++) {
-            c[m] *= exp(-lr * s->rate * (V[m] - Vbar));
+            c[m] = c[m] > 0 ? exp(log(c[m]) - lr * s->rate * (V[m] - Vbar) - top) : 0.0;
             total += c[m];
         }
-        if (s->conservative && total > 0 && isfinite(total))
-            for (int m = 0; m < M; m++) c[m] *= ct / total;
+        for (int m = 0; m < M; m++) c[m] *= ct / total;
     }
     rc = mfres_pmass_check(net, s->mass);
     return rc ? mfres_fail_context(rc, "after a birth-death step with rate %g and lr %g", s->rate, lr) : MFRES_OK;
