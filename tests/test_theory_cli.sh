@@ -30,7 +30,7 @@ outputs() { # dir, files...: every file exists and is non-empty; the PNG too whe
 }
 
 # ---- lab III: the three experiments at small sizes ----
-$MFRES theory birth-death --seeds 2 --time 20 --out "$tmp/bd" >"$tmp/bd.txt" 2>/dev/null
+$MFRES theory birth-death --seeds 2 --time 20 --rate 1 --out "$tmp/bd" >"$tmp/bd.txt" 2>/dev/null
 check "birth-death runs" $?
 outputs "$tmp/bd" birth_death.csv birth_death_traj.csv birth_death.gp birth_death.png; check "birth-death writes CSV and plot" $?
 check "birth-death table has every init and arm" "$( [ "$(grep -cE '^(usual|half-space|cluster) +(wasserstein|wfr|wfr-unbalanced) ' "$tmp/bd.txt")" -eq 9 ]; echo $?)"

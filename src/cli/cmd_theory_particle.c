@@ -35,13 +35,13 @@ static const char *const exp_help[NEXP] = {
     "birth-death (P1 section 6.2; lab III): pure Wasserstein particle flow vs Wasserstein-Fisher-Rao (mass-weighted\n"
     "  particles whose masses grow or shrink at rate --rate times their first variation minus its block mean;\n"
     "  and the unbalanced variant without the mean) from the usual, a half-space and a narrow-cluster init.\n"
-    "  Defaults: --L 8 --M 16 --time 100 --seeds 4 --rate 1 (neuron units only).\n",
+    "  Defaults: --L 8 --M 16 --data random --time 200 --seeds 4 --rate 0.1 (neuron units only).\n",
     "expansion (P1 section 2.2; lab III): the deep ResNet vs its expansion in the residual branches to order 1\n"
     "  (the two-layer ensemble) and 2 (+ pairwise block interactions), block scale eps = 0.125..2, and the\n"
     "  remainder's order in eps. Defaults: --L 1,2,4,8,16,32,64 --M 16 --seeds 3 (neuron units only).\n",
     "particle-limit (P1 section 3.3; lab III): the particle flow with N = L*M particles against the largest N:\n"
     "  distance of the loss curve and of test functionals of rho_t, and the fitted rate in N.\n"
-    "  Defaults: --L 4 --N 16,32,...,16384 --time 20 --seeds 4.\n",
+    "  Defaults: --L 4 --N 16,32,...,16384 --time 20 --seeds 8.\n",
     "train: one training run (particle gradient descent on theta); writes train.csv and saves the particles\n"
     "  (theta, tau, embedding W2, read-out W1 as .npy, with particles.json) to --save DIR (default OUT/particles);\n"
     "  --load DIR continues from saved particles (their L, M, unit, act, d replace the flags).\n"
@@ -66,7 +66,8 @@ static void usage(FILE *f, int which) {
             "  --d N, --d-in N    feature and input sizes (default 4, 4; W2 is the identity when equal)\n"
             "  --k N              outputs (fixed unit-norm read-out rows; default 1)\n"
             "  --data SRC         teacher (two-layer) | teacher-resnet | random | FILE.npy | FILE.csv\n"
-            "                     (a file's last --k columns are the labels; default teacher, zero-loss: random)\n"
+            "                     (a file's last --k columns are the labels; default teacher; zero-loss and\n"
+            "                     birth-death: random)\n"
             "  --n N              synthetic samples (default 32)\n"
             "  --lr X             training-time step on the mean-field time scale (default 0.5)\n"
             "  --time T           training time; steps = T / lr\n"
@@ -76,7 +77,7 @@ static void usage(FILE *f, int which) {
             "  --target EPS       zero-loss threshold (default 1e-3)\n"
             "  --tau-lr-mult X    sorted-tau: tau moves by lr * X * L * dE/dtau (default 0.01)\n"
             "  --steps N          bench: timed steps (default 200)\n"
-            "  --rate A           birth-death: the birth-death rate (default 1)\n"
+            "  --rate A           birth-death: the birth-death rate (default 0.1)\n"
             "  --N LIST           particle-limit: total particle counts, increasing multiples of --L (default 2^4..2^14)\n"
             "  --save DIR, --load DIR  train: where to save the particles, and particles to start from\n");
 }
@@ -131,11 +132,14 @@ int cmd_theory_particle(int argc, char **argv) {
         c.Ls[0] = 16, c.nL = 1, c.Ms[0] = 64, c.nM = 1;
         c.net.d = c.net.d_in = 16, c.n = 256, c.seeds = 1;
         break;
-    case EXP_BIRTH_DEATH: c.Ls[0] = 8, c.nL = 1, c.Ms[0] = 16, c.nM = 1, c.time = 100, c.seeds = 4; break;
+    case EXP_BIRTH_DEATH:
+        c.Ls[0] = 8, c.nL = 1, c.Ms[0] = 16, c.nM = 1, c.time = 200, c.seeds = 4, c.rate = 0.1;
+        c.data_kind = MFRES_PDATA_RANDOM;
+        break;
     case EXP_EXPANSION: memcpy(c.Ls, enL, sizeof enL), c.nL = 7, c.Ms[0] = 16, c.nM = 1; break;
     case EXP_TRAIN: c.Ls[0] = 8, c.nL = 1, c.Ms[0] = 16, c.nM = 1; break;
     case EXP_PARTICLE_LIMIT:
-        c.Ls[0] = 4, c.nL = 1, c.Ms[0] = 1, c.nM = 1, c.time = 20, c.seeds = 4;
+        c.Ls[0] = 4, c.nL = 1, c.Ms[0] = 1, c.nM = 1, c.time = 20, c.seeds = 8;
         for (int i = 0; i < 11; i++) c.Ns[i] = 16L << i;
         c.nN = 11;
         break;

@@ -75,6 +75,7 @@ int mfres_pexp_birth_death(const mfres_pexp_config *c) {
     const size_t T = (size_t)steps + 1, runs = (size_t)BD_INITS * BD_ARMS * S;
     double *traj = calloc(runs * T, sizeof(double)), *ess = calloc(runs, sizeof(double));
     pexp_csv cv, sm;
+    int ndiv = 0;
     if (!traj || !ess) {
         rc = mfres_fail(MFRES_ENOMEM, "birth-death: out of memory");
         goto done;
@@ -95,12 +96,21 @@ int mfres_pexp_birth_death(const mfres_pexp_config *c) {
                 mfres_pmass pm;
                 rc = mfres_pmass_init(&pm, &net, D.n, arm ? c->rate : 0.0, arm != 2);
                 double *tr = traj + (((size_t)init * BD_ARMS + arm) * S + s) * T;
-                for (long st = 0; st < steps && !rc; st++) {
+                long st = 0;
+                for (; st < steps && !rc; st++) {
                     rc = mfres_pmass_step(&pm, &net, D.x, D.y, D.n, c->lr, &tr[st]);
                     if (!rc) rc = pexp_check_diverged(tr[0], tr[st], st, c->lr);
                 }
                 if (!rc) rc = mfres_pmass_loss_grad(&pm, &net, D.x, D.y, D.n, &tr[T - 1]);
-                if (!rc) {
+                if (rc == MFRES_ENUMERIC) {
+                    /* a run that blows up is a result of the comparison: marked, and the others go on */
+                    mfres_log("birth-death: init %s, arm %s, seed %d diverged near training time %g: %s",
+                              bd_init_names[init], bd_arm_names[arm], s, (st - 1) * c->lr, mfres_last_error());
+                    for (size_t t = st > 0 ? (size_t)st - 1 : 0; t < T; t++) tr[t] = NAN;
+                    ndiv++;
+                    rc = MFRES_OK;
+                }
+                if (!rc && isfinite(tr[T - 1])) {
                     /* effective particle count per block, (Σc)² / Σc², averaged over blocks, as a fraction of M */
                     double e = 0;
                     for (int l = 0; l < ncfg.L; l++) {
@@ -124,24 +134,28 @@ int mfres_pexp_birth_death(const mfres_pexp_config *c) {
     if ((rc = pexp_csv_open(&sm, c, "birth_death.csv", "init,arm,seed,final_loss,late_rate,mass_ess"))) goto done;
     for (int init = 0; init < BD_INITS; init++)
         for (int arm = 0; arm < BD_ARMS; arm++) {
+            /* statistics over the seeds whose run did not diverge */
             double fin[64], rate[64], ratio = 0, e = 0;
-            int wins = 0;
+            int wins = 0, nf = 0, npair = 0;
             for (int s = 0; s < S && s < 64; s++) {
                 const double *tr = traj + (((size_t)init * BD_ARMS + arm) * S + s) * T;
                 const double *w0 = traj + (((size_t)init * BD_ARMS + 0) * S + s) * T;
-                fin[s] = tr[T - 1];
-                rate[s] = late_rate(tr, T, c->lr);
-                ratio += log(tr[T - 1] / w0[T - 1]) / S;
-                wins += tr[T - 1] < w0[T - 1];
-                e += ess[((size_t)init * BD_ARMS + arm) * S + s] / S;
-                fprintf(sm.af.fp, "%s,%s,%d,%.6e,%.6e,%.6f\n", bd_init_names[init], bd_arm_names[arm], s, fin[s], rate[s],
-                        ess[((size_t)init * BD_ARMS + arm) * S + s]);
+                const double es = ess[((size_t)init * BD_ARMS + arm) * S + s];
+                fprintf(sm.af.fp, "%s,%s,%d,%.6e,%.6e,%.6f\n", bd_init_names[init], bd_arm_names[arm], s, tr[T - 1],
+                        late_rate(tr, T, c->lr), isfinite(tr[T - 1]) ? es : NAN);
+                if (!isfinite(tr[T - 1])) continue;
+                fin[nf] = tr[T - 1], rate[nf] = late_rate(tr, T, c->lr), e += es, nf++;
+                if (isfinite(w0[T - 1])) ratio += log(tr[T - 1] / w0[T - 1]), wins += tr[T - 1] < w0[T - 1], npair++;
             }
-            const int SS = S < 64 ? S : 64;
-            char rbuf[32] = "-";
-            if (arm) snprintf(rbuf, sizeof rbuf, "%.3g (%d/%d)", exp(ratio), wins, S);
-            printf("%-11s %-15s %12.4e %10.2e %12s %14.4g %10.3f\n", bd_init_names[init], bd_arm_names[arm],
-                   pexp_mean(fin, SS), pexp_std(fin, SS), rbuf, pexp_mean(rate, SS), e);
+            char rbuf[64] = "-", dbuf[32] = "";
+            if (arm && npair) snprintf(rbuf, sizeof rbuf, "%.3g (%d/%d)", exp(ratio / npair), wins, npair);
+            if (nf < (S < 64 ? S : 64)) snprintf(dbuf, sizeof dbuf, "  %d diverged", (S < 64 ? S : 64) - nf);
+            if (nf)
+                printf("%-11s %-15s %12.4e %10.2e %12s %14.4g %10.3f%s\n", bd_init_names[init], bd_arm_names[arm],
+                       pexp_mean(fin, nf), pexp_std(fin, nf), rbuf, pexp_mean(rate, nf), e / nf, dbuf);
+            else
+                printf("%-11s %-15s %12s %10s %12s %14s %10s%s\n", bd_init_names[init], bd_arm_names[arm], "diverged", "-",
+                       "-", "-", "-", dbuf);
         }
     printf("# vs_W_ratio: geometric mean over seeds of final loss / Wasserstein's (seeds where lower); late_rate: "
            "-d ln E / ds over the second half; mass_ess: (sum c)^2 / sum c^2 / M, mean over blocks\n");
@@ -166,13 +180,17 @@ int mfres_pexp_birth_death(const mfres_pexp_config *c) {
     }
     rc = pexp_plot(c, "birth_death",
                    "set multiplot layout 1,3 title 'Wasserstein vs Wasserstein-Fisher-Rao (rate %g), geometric mean of %d seeds'\n"
-                   "set logscale y\nset xlabel 'training time'\nset ylabel 'training loss'\nset key top right font ',8'\n"
+                   "set datafile missing 'nan'\n"
+                   "set logscale y\nset format y '%%.0e'\nset xlabel 'training time'\nset ylabel 'training loss'\nset key inside top right font ',8'\n"
                    "do for [i=0:2] {\n"
                    "  set title word('usual half-space cluster', i+1)\n"
                    "  plot for [a=0:2] '%s/birth_death_traj.csv' using 1:(column(2+3*i+a)) with lines lw 2 title "
                    "word('wasserstein wfr wfr-unbalanced', a+1)\n"
                    "}\nunset multiplot\n",
                    c->rate, S, c->out_dir);
+    if (!rc && ndiv)
+        rc = mfres_fail(MFRES_ENUMERIC, "birth-death: %d of %zu runs diverged (marked in the table, nan in the CSV); "
+                        "lower --lr or --rate", ndiv, runs);
 done:
     free(traj);
     free(ess);
@@ -306,16 +324,18 @@ int mfres_pexp_expansion(const mfres_pexp_config *c) {
     }
     if ((rc = pexp_csv_commit(&co))) goto done;
     rc = pexp_plot(c, "expansion",
+                   "E = '0.125 0.25 0.5 1 2'\n"
                    "set multiplot layout 1,2\nset logscale xy\nset xlabel 'depth L (total time 1)'\nset format y '%%.0e'\n"
                    "set ylabel '|out - out_K| / |out - out_0|'\n"
-                   "set title 'output gap: order 1 (dashed) and order 2 (solid)'\nset key bottom right font ',8'\n"
-                   "plot for [e in '0.125 0.25 0.5 1 2'] '%s/expansion.csv' skip 1 using 1:(($3==e+0)?$5:1/0) w lp pt 7 "
-                   "title 'eps '.e, for [e in '0.125 0.25 0.5 1 2'] '' skip 1 using 1:(($3==e+0)?$4:1/0) w l dt 2 "
+                   "set title 'output gap: order 1 (dashed), order 2 (solid)'\nset key inside bottom right font ',8'\n"
+                   "plot for [i=1:5] '%s/expansion.csv' skip 1 using 1:(($3==word(E,i)+0 && $1>1)?$5:1/0) w lp pt 7 lc i "
+                   "title 'eps '.word(E,i), for [i=1:5] '' skip 1 using 1:(($3==word(E,i)+0 && $1>1)?$4:1/0) w l dt 2 lc i "
                    "notitle\n"
-                   "unset logscale y\nset format y '%%g'\nset ylabel 'share of the ensemble gap closed'\nset yrange [*:1.05]\n"
-                   "set title 'second-order term: output (points) and gradient (lines)'\n"
-                   "plot for [e in '0.125 0.25 0.5 1 2'] '%s/expansion.csv' skip 1 using 1:(($3==e+0)?$6:1/0) w p pt 7 "
-                   "title 'eps '.e, for [e in '0.125 0.25 0.5 1 2'] '' skip 1 using 1:(($3==e+0)?$9:1/0) w l notitle\n"
+                   "unset logscale y\nset format y '%%g'\nset ylabel 'share of the ensemble gap closed'\nset yrange [*:1.01]\n"
+                   "set title 'order-2 term: output (points), gradient (lines)'\n"
+                   "plot for [i=1:5] '%s/expansion.csv' skip 1 using 1:(($3==word(E,i)+0 && $1>1)?$6:1/0) w p pt 7 lc i "
+                   "title 'eps '.word(E,i), for [i=1:5] '' skip 1 using 1:(($3==word(E,i)+0 && $1>1)?$9:1/0) w l lc i "
+                   "notitle\n"
                    "unset multiplot\n",
                    c->out_dir, c->out_dir);
 done:
@@ -474,14 +494,14 @@ int mfres_pexp_particle_limit(const mfres_pexp_config *c) {
     rc = pexp_plot(c, "particle_limit",
                    "set multiplot layout 1,2\nset logscale xy\nset xlabel 'particles N = L*M'\nset format y '%%.0e'\n"
                    "set ylabel 'distance to the largest N'\nset title 'particle system vs its N -> infinity limit'\n"
-                   "set key bottom left font ',8'\n"
+                   "set key inside bottom left font ',8'\n"
                    "plot '%s/particle_limit.csv' skip 1 using 1:3 w lp pt 7 t 'loss curve', '' skip 1 using 1:4 w lp pt 5 "
                    "t 'mean |u|^2', '' skip 1 using 1:5 w lp pt 9 t 'mean |w|^2', '' skip 1 using 1:6 w lp pt 11 t "
                    "'mean cos(v.theta)', '' skip 1 using 1:7 w lp pt 6 t 'seed spread of the loss', "
                    "%g/sqrt(x) w l dt 2 lc 'black' "
                    "t 'N^-1/2'\n"
                    "unset logscale x\nset format y '%%g'\nset xlabel 'training time'\nset ylabel 'training loss (mean of seeds)'\n"
-                   "set title 'loss curves'\nset key top right font ',7'\n"
+                   "set title 'loss curves'\nset key inside top right font ',7'\n"
                    "plot for [i=2:%d] '%s/particle_limit_traj.csv' using 1:i with lines title columnhead(i)\n"
                    "unset multiplot\n",
                    c->out_dir, dist[0] * sqrt((double)c->Ns[0]), nN + 1, c->out_dir);
