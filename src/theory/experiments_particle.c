@@ -555,6 +555,7 @@ int mfres_pexp_adjoint(const mfres_pexp_config *c) {
                    steps, c->lr);
             printf("%8s %10s %12s %14s %14s %16s\n", "step", "time", "loss", "min_t p/E", "max_t p/E", "min_t p/p(T)");
             long next = 0;
+            double E_first = 0;
             for (long st = 0; st <= steps && !rc; st++) {
                 if (st == next || st == steps) {
                     rc = grad_of(&net, &D, mfres_ode_rk4, s, MFRES_GRAD_ADJOINT, g, &E, pn, tg);
@@ -569,7 +570,9 @@ int mfres_pexp_adjoint(const mfres_pexp_config *c) {
                     snprintf(ckpts + strlen(ckpts), sizeof ckpts - strlen(ckpts), "%s%ld", st ? " " : "", st);
                     next = next == 0 ? 1 : next * 4;
                 }
+                if (st == 0) E_first = E;
                 if (st < steps) rc = mfres_pnet_train_step(&net, &tr, D.x, D.y, &rng, &E, NULL);
+                if (!rc && st < steps) rc = pexp_check_diverged(E_first, E, st, c->lr);
             }
             mfres_pnet_trainer_free(&tr);
             if (rc)
