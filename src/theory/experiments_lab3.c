@@ -384,20 +384,16 @@ int mfres_pexp_particle_limit(const mfres_pexp_config *c) {
     const size_t T = (size_t)steps + 1, Q = 1 + PL_FUNCS; /* loss, then the functionals, at every step */
     double *rec = calloc((size_t)nN * S * T * Q, sizeof(double)), *ref = calloc(T * Q, sizeof(double));
     double *dist = calloc((size_t)nN * (Q + 1), sizeof(double)); /* per N: RMS over seeds of sup_t |q - ref|, spread */
-    double v[4096];
+    const int P = ncfg.unit == MFRES_UNIT_MATRIX ? ncfg.d * ncfg.d : 2 * ncfg.d + (ncfg.unit == MFRES_UNIT_NEURON);
+    double *v = malloc((size_t)P * sizeof(double));
     pexp_csv cv, ct;
-    if (!rec || !ref || !dist) {
+    if (!rec || !ref || !dist || !v) {
         rc = mfres_fail(MFRES_ENOMEM, "particle-limit: out of memory");
         goto done;
     }
     {
         mfres_rng vr;
         mfres_rng_seed(&vr, pexp_mix(c->seed, 0x7e57));
-        const int P = ncfg.unit == MFRES_UNIT_MATRIX ? ncfg.d * ncfg.d : 2 * ncfg.d + (ncfg.unit == MFRES_UNIT_NEURON);
-        if (P > 4096) {
-            rc = mfres_fail(MFRES_EINVAL, "particle-limit: --d %d too large (at most 45)", ncfg.d);
-            goto done;
-        }
         for (int q = 0; q < P; q++) v[q] = mfres_rng_normal(&vr); /* cos(v·θ): a bounded test function */
     }
     pexp_describe(c, &ncfg, &D);
@@ -506,6 +502,7 @@ int mfres_pexp_particle_limit(const mfres_pexp_config *c) {
                    "unset multiplot\n",
                    c->out_dir, dist[0] * sqrt((double)c->Ns[0]), nN + 1, c->out_dir);
 done:
+    free(v);
     free(rec);
     free(ref);
     free(dist);

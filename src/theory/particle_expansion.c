@@ -48,10 +48,11 @@ int mfres_pnet_expansion_loss_grad(const mfres_pnet *net, int order, const doubl
     if (net->cfg.unit != MFRES_UNIT_NEURON && net->cfg.unit != MFRES_UNIT_NEURON_NOBIAS)
         return mfres_fail(MFRES_EINVAL, "expansion: needs neuron units, got %s", mfres_unit_name(net->cfg.unit));
     if (n < 1) return mfres_fail(MFRES_EINVAL, "expansion: no samples");
-    /* per sample: X0, X_L, G, C (d each), F and S (L×d each), o (k) */
-    double *buf = calloc((size_t)4 * d + (size_t)2 * L * d + k, sizeof(double));
+    /* per sample: X0, X_L, G, C, Q (d each), F and S (L×d each), o (k) */
+    double *buf = calloc((size_t)5 * d + (size_t)2 * L * d + k, sizeof(double));
     if (!buf) return mfres_fail(MFRES_ENOMEM, "expansion: out of memory");
-    double *X0 = buf, *XL = X0 + d, *G = XL + d, *C = G + d, *F = C + d, *S = F + (size_t)L * d, *o = S + (size_t)L * d;
+    double *X0 = buf, *XL = X0 + d, *G = XL + d, *C = G + d, *Q = C + d, *F = Q + d, *S = F + (size_t)L * d;
+    double *o = S + (size_t)L * d;
     const int o2 = order == 2;
     double E = 0;
     for (int i = 0; i < n; i++) {
@@ -101,13 +102,7 @@ int mfres_pnet_expansion_loss_grad(const mfres_pnet *net, int order, const doubl
         for (int b = L - 1; b >= 0; b--) {
             const double h = net->tau[b] - (b ? net->tau[b - 1] : 0.0), c = h / M;
             const double *Sb = S + (size_t)b * d;
-            double Q[64], *Qp = d <= 64 ? Q : NULL; /* h_b ∂F_bᵀ G, added to C after this block */
-            double *Qh = Qp ? Qp : calloc((size_t)d, sizeof(double));
-            if (!Qh) {
-                free(buf);
-                return mfres_fail(MFRES_ENOMEM, "expansion: out of memory");
-            }
-            for (int j = 0; j < d; j++) Qh[j] = 0;
+            for (int j = 0; j < d; j++) Q[j] = 0; /* h_b ∂F_bᵀ G, added to C after this block */
             for (int m = 0; m < M; m++) {
                 const double *th = net->theta + ((size_t)b * M + m) * P, *u = th, *w = th + d;
                 double *g = gtheta + ((size_t)b * M + m) * P;
@@ -124,11 +119,10 @@ int mfres_pnet_expansion_loss_grad(const mfres_pnet *net, int order, const doubl
                 }
                 if (bias) g[2 * d] += c * (Ku * s1 + (o2 ? Gu * s2 * ws : 0));
                 if (o2)
-                    for (int j = 0; j < d; j++) Qh[j] += c * Gu * s1 * w[j];
+                    for (int j = 0; j < d; j++) Q[j] += c * Gu * s1 * w[j];
             }
             if (o2)
-                for (int j = 0; j < d; j++) C[j] += Qh[j];
-            if (!Qp) free(Qh);
+                for (int j = 0; j < d; j++) C[j] += Q[j];
         }
     }
     free(buf);
