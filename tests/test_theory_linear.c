@@ -231,6 +231,21 @@ START_TEST(test_contraction_gaussian) { check_contraction(MFRES_LIN_GAUSSIAN, 2.
 END_TEST
 
 /* Same seed, same trace, bit for bit (SGD included). */
+/* A trace that turns non-finite inside the window never "holds" the bound; one that contracts as
+ * predicted and then stops at a floor does. */
+START_TEST(test_contraction_nonfinite_is_not_held) {
+    double ok[5] = {1.0, 0.5, 0.25, 0.125, 0.0625}, bad[5] = {1.0, 0.5, 0.25, NAN, NAN};
+    mfres_lin_contraction c;
+    mfres_lin_contraction_measure(&c, ok, 4, 1e-24, 0.5);
+    ck_assert_int_eq(c.bound_held, 1);
+    mfres_lin_contraction_measure(&c, bad, 4, 1e-24, 0.5);
+    ck_assert_int_eq(c.bound_held, 0);
+    bad[3] = INFINITY;
+    mfres_lin_contraction_measure(&c, bad, 3, 1e-24, 0.5);
+    ck_assert_int_eq(c.bound_held, 0);
+}
+END_TEST
+
 START_TEST(test_deterministic) {
     double traces[2][51];
     for (int rep = 0; rep < 2; rep++) {
@@ -279,6 +294,7 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, test_identity_converges);
     tcase_add_test(tc, test_contraction_identity);
     tcase_add_test(tc, test_contraction_gaussian);
+    tcase_add_test(tc, test_contraction_nonfinite_is_not_held);
     tcase_add_test(tc, test_deterministic);
     tcase_add_test(tc, test_bad_arguments);
     suite_add_tcase(s, tc);

@@ -138,6 +138,18 @@ int mfres_pnet_loss(const mfres_pnet *net, mfres_pnet_work *w, const double *x, 
 int mfres_pnet_ensemble_loss_grad(const mfres_pnet *net, mfres_pnet_work *w, const double *x, const double *y,
                                   int n, double *out, double *loss, double *gtheta);
 
+/* ---- saving and loading particles (src/theory/particle_io.c) ----
+ * A directory of standard .npy files (float64, C order; numpy.load reads them) and a small JSON file:
+ *   theta.npy (L·M × P: particle (ℓ, m) is row ℓ·M + m, laid out as in θ), tau.npy (L × 1),
+ *   W2.npy (d × d_in, the fixed embedding), W1.npy (k × d, the fixed read-out),
+ *   particles.json: {"format": "mfres-particles", "version": 1, "unit", "act", "act_eps", "L", "M", "d",
+ *                    "d_in", "k", "P"}.
+ * Every file is written atomically. */
+int mfres_pnet_save(const mfres_pnet *net, const char *dir);
+/* Allocates net from dir. Checks the format and version, every shape against particles.json, that
+ * every value is finite (an error names the file and the entry) and that τ is sorted. */
+int mfres_pnet_load(mfres_pnet *net, const char *dir);
+
 /* ---- training: particle gradient descent on the mean-field time scale ---- */
 typedef struct mfres_pnet_train_config {
     double lr;          /* training-time step Δs; each particle moves by lr · L·M · ∂E/∂θ */

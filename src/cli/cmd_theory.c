@@ -14,6 +14,10 @@ static void print_usage(FILE *out) {
             "  adjoint            discrete backprop vs continuous adjoint vs finite differences\n"
             "  ensemble           deep network vs its first-order two-layer-ensemble expansion\n"
             "  sorted-tau         Algorithm 1 (trainable sorted tau) vs fixed uniform tau\n"
+            "  birth-death        Wasserstein vs Wasserstein-Fisher-Rao (birth-death) particle flow (lab III)\n"
+            "  expansion          deep network vs its ensemble expansion to second order (lab III)\n"
+            "  particle-limit     the particle flow as N grows: distance to the largest N, fitted rate (lab III)\n"
+            "  train              one training run; saves the particles (.npy) and continues from them (--load)\n"
             "deep linear ResNets (P3):\n"
             "  linear <experiment>  run 'mfres theory linear --help'\n");
 }

@@ -9,8 +9,9 @@
 #include "mfres/core.h"
 #include "theory/experiments_particle.h"
 
-static const char *const experiments[] = {"zero-loss", "mean-field-limit", "adjoint", "ensemble", "sorted-tau", "bench"};
-enum { NEXP = 6 };
+static const char *const experiments[] = {"zero-loss", "mean-field-limit", "adjoint", "ensemble", "sorted-tau", "bench",
+                                          "birth-death", "expansion", "particle-limit", "train"};
+enum { NEXP = 10, EXP_BENCH = 5, EXP_BIRTH_DEATH = 6, EXP_EXPANSION = 7, EXP_PARTICLE_LIMIT = 8, EXP_TRAIN = 9 };
 
 static const char *const exp_help[NEXP] = {
     "zero-loss (P2/P2', P1 Theorem 3): final training loss over a grid of depth L and width M after a fixed\n"
@@ -31,6 +32,20 @@ static const char *const exp_help[NEXP] = {
     "  Defaults: --L 16 --M 16 --time 50 --seeds 8 --tau-lr-mult 0.01 (tau clamped to [0, 1]).\n",
     "bench: training steps per second (full batch, Euler = the ResNet, backprop) at --L 16 --M 64 --d 16 --n 256;\n"
     "  prints steps_per_s=... (bench/theory_particle.sh compares it with PyTorch). Defaults: --steps 200.\n",
+    "birth-death (P1 section 6.2; lab III): pure Wasserstein particle flow vs Wasserstein-Fisher-Rao (mass-weighted\n"
+    "  particles whose masses grow or shrink at rate --rate times their first variation minus its block mean;\n"
+    "  and the unbalanced variant without the mean) from the usual, a half-space and a narrow-cluster init.\n"
+    "  Defaults: --L 8 --M 16 --data random --time 200 --seeds 4 --rate 0.1 (neuron units only).\n",
+    "expansion (P1 section 2.2; lab III): the deep ResNet vs its expansion in the residual branches to order 1\n"
+    "  (the two-layer ensemble) and 2 (+ pairwise block interactions), block scale eps = 0.125..2, and the\n"
+    "  remainder's order in eps. Defaults: --L 1,2,4,8,16,32,64 --M 16 --seeds 3 (neuron units only).\n",
+    "particle-limit (P1 section 3.3; lab III): the particle flow with N = L*M particles against the largest N:\n"
+    "  distance of the loss curve and of test functionals of rho_t, and the fitted rate in N.\n"
+    "  Defaults: --L 4 --N 16,32,...,16384 --time 20 --seeds 8.\n",
+    "train: one training run (particle gradient descent on theta); writes train.csv and saves the particles\n"
+    "  (theta, tau, embedding W2, read-out W1 as .npy, with particles.json) to --save DIR (default OUT/particles);\n"
+    "  --load DIR continues from saved particles (their L, M, unit, act, d replace the flags).\n"
+    "  Defaults: --L 8 --M 16 --time 50.\n",
 };
 
 static void usage(FILE *f, int which) {
@@ -51,7 +66,8 @@ static void usage(FILE *f, int which) {
             "  --d N, --d-in N    feature and input sizes (default 4, 4; W2 is the identity when equal)\n"
             "  --k N              outputs (fixed unit-norm read-out rows; default 1)\n"
             "  --data SRC         teacher (two-layer) | teacher-resnet | random | FILE.npy | FILE.csv\n"
-            "                     (a file's last --k columns are the labels; default teacher, zero-loss: random)\n"
+            "                     (a file's last --k columns are the labels; default teacher; zero-loss and\n"
+            "                     birth-death: random)\n"
             "  --n N              synthetic samples (default 32)\n"
             "  --lr X             training-time step on the mean-field time scale (default 0.5)\n"
             "  --time T           training time; steps = T / lr\n"
@@ -60,16 +76,20 @@ static void usage(FILE *f, int which) {
             "  --substeps S       integrator sub-steps per block (default 1)\n"
             "  --target EPS       zero-loss threshold (default 1e-3)\n"
             "  --tau-lr-mult X    sorted-tau: tau moves by lr * X * L * dE/dtau (default 0.01)\n"
-            "  --steps N          bench: timed steps (default 200)\n");
+            "  --steps N          bench: timed steps (default 200)\n"
+            "  --rate A           birth-death: the birth-death rate (default 0.1)\n"
+            "  --N LIST           particle-limit: total particle counts, increasing multiples of --L (default 2^4..2^14)\n"
+            "  --save DIR, --load DIR  train: where to save the particles, and particles to start from\n");
 }
 
 static int set_list(const char *cmd, const char *flag, const char *v, long *out, int *n) {
     int rc = cli_parse_long_list(cmd, flag, v, out, MFRES_PEXP_MAX_LIST, n);
     if (rc) return rc;
     if (*n == 0) return cli_usage_error(cmd, "%s needs at least one value", flag);
+    const long max = !strcmp(flag, "--N") ? 1L << 20 : 100000;
     for (int i = 0; i < *n; i++)
-        if (out[i] < 1 || out[i] > 100000)
-            return cli_usage_error(cmd, "%s values must be in [1, 100000], got '%s'", flag, v);
+        if (out[i] < 1 || out[i] > max)
+            return cli_usage_error(cmd, "%s values must be in [1, %ld], got '%s'", flag, max, v);
     return 0;
 }
 
@@ -84,7 +104,7 @@ int cmd_theory_particle(int argc, char **argv) {
     if (which < 0) {
         fprintf(stderr,
                 "mfres theory: error: unknown experiment '%s' (valid: zero-loss, mean-field-limit, adjoint, ensemble, "
-                "sorted-tau, bench, linear)\n",
+                "sorted-tau, bench, birth-death, expansion, particle-limit, linear)\n",
                 argv[0]);
         return 2;
     }
@@ -111,6 +131,17 @@ int cmd_theory_particle(int argc, char **argv) {
     case 5:
         c.Ls[0] = 16, c.nL = 1, c.Ms[0] = 64, c.nM = 1;
         c.net.d = c.net.d_in = 16, c.n = 256, c.seeds = 1;
+        break;
+    case EXP_BIRTH_DEATH:
+        c.Ls[0] = 8, c.nL = 1, c.Ms[0] = 16, c.nM = 1, c.time = 200, c.seeds = 4, c.rate = 0.1;
+        c.data_kind = MFRES_PDATA_RANDOM;
+        break;
+    case EXP_EXPANSION: memcpy(c.Ls, enL, sizeof enL), c.nL = 7, c.Ms[0] = 16, c.nM = 1; break;
+    case EXP_TRAIN: c.Ls[0] = 8, c.nL = 1, c.Ms[0] = 16, c.nM = 1; break;
+    case EXP_PARTICLE_LIMIT:
+        c.Ls[0] = 4, c.nL = 1, c.Ms[0] = 1, c.nM = 1, c.time = 20, c.seeds = 8;
+        for (int i = 0; i < 11; i++) c.Ns[i] = 16L << i;
+        c.nN = 11;
         break;
     }
     int d_set = 0, din_set = 0;
@@ -230,6 +261,22 @@ int cmd_theory_particle(int argc, char **argv) {
             if (cli_parse_double(cmd, "--tau-lr-mult", v, 0, 1e9, &c.tau_lr_mult)) return 2;
         } else if (r == 2) {
             return 2;
+        } else if ((r = FLAG("--rate")) == 1) {
+            if (cli_parse_double(cmd, "--rate", v, 0, 1e6, &c.rate)) return 2;
+        } else if (r == 2) {
+            return 2;
+        } else if ((r = FLAG("--N")) == 1) {
+            if (set_list(cmd, "--N", v, c.Ns, &c.nN)) return 2;
+        } else if (r == 2) {
+            return 2;
+        } else if ((r = FLAG("--save")) == 1) {
+            c.save_dir = v;
+        } else if (r == 2) {
+            return 2;
+        } else if ((r = FLAG("--load")) == 1) {
+            c.load_dir = v;
+        } else if (r == 2) {
+            return 2;
         } else if ((r = FLAG("--steps")) == 1) {
             if (cli_parse_long(cmd, "--steps", v, 1, 100000000, &lv)) return 2;
             c.steps = lv;
@@ -242,7 +289,8 @@ int cmd_theory_particle(int argc, char **argv) {
     }
     /* one size where the experiment uses one */
     if (which >= 2) {
-        if (which != 3 && c.nL > 1) return cli_usage_error(cmd, "--L takes one value here, got %d", c.nL);
+        if (which != 3 && which != EXP_EXPANSION && c.nL > 1)
+            return cli_usage_error(cmd, "--L takes one value here, got %d", c.nL);
         if (c.nM > 1) return cli_usage_error(cmd, "--M takes one value here, got %d", c.nM);
         c.net.L = (int)c.Ls[0];
         c.net.M = (int)c.Ms[0];
@@ -255,7 +303,20 @@ int cmd_theory_particle(int argc, char **argv) {
         snprintf(outbuf, sizeof outbuf, "runs/theory/%s", experiments[which]);
         c.out_dir = outbuf;
     }
-    if (which != 5 && mfres_mkdir_p(c.out_dir)) return cli_runtime_error(cmd);
+    if (which == EXP_PARTICLE_LIMIT) {
+        for (int i = 0; i < c.nN; i++)
+            if (c.Ns[i] % c.net.L || (i && c.Ns[i] <= c.Ns[i - 1]))
+                return cli_usage_error(cmd, "--N must be increasing multiples of --L %d, got %ld", c.net.L, c.Ns[i]);
+        if (c.nN < 3) return cli_usage_error(cmd, "--N needs at least 3 sizes (the last is the reference), got %d", c.nN);
+    }
+    if ((which == EXP_BIRTH_DEATH || which == EXP_EXPANSION) && c.net.unit == MFRES_UNIT_MATRIX)
+        return cli_usage_error(cmd, "%s needs --unit neuron or neuron-nobias", experiments[which]);
+    if ((c.save_dir || c.load_dir) && which != EXP_TRAIN)
+        return cli_usage_error(cmd, "--save and --load belong to 'mfres theory train'");
+    if (which != 3 && which != EXP_EXPANSION && which != EXP_BENCH && (c.time / c.lr > MFRES_PEXP_MAX_STEPS))
+        return cli_usage_error(cmd, "--time %g / --lr %g is %.3g training steps; at most %g (raise --lr or lower --time)",
+                               c.time, c.lr, c.time / c.lr, (double)MFRES_PEXP_MAX_STEPS);
+    if (which != EXP_BENCH && mfres_mkdir_p(c.out_dir)) return cli_runtime_error(cmd);
     int rc = 0;
     switch (which) {
     case 0: rc = mfres_pexp_zero_loss(&c); break;
@@ -264,6 +325,10 @@ int cmd_theory_particle(int argc, char **argv) {
     case 3: rc = mfres_pexp_ensemble(&c); break;
     case 4: rc = mfres_pexp_sorted_tau(&c); break;
     case 5: rc = mfres_pexp_bench(&c); break;
+    case EXP_BIRTH_DEATH: rc = mfres_pexp_birth_death(&c); break;
+    case EXP_EXPANSION: rc = mfres_pexp_expansion(&c); break;
+    case EXP_PARTICLE_LIMIT: rc = mfres_pexp_particle_limit(&c); break;
+    case EXP_TRAIN: rc = mfres_pexp_train(&c); break;
     }
     fflush(stdout);
     return rc ? cli_runtime_error(cmd) : 0;

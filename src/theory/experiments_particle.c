@@ -26,18 +26,20 @@ void mfres_pexp_config_default(mfres_pexp_config *c) {
     c->target = 1e-3;
     c->tau_lr_mult = 1.0;
     c->steps = 200;
+    c->rate = 1.0;
+    c->conservative = 1;
 }
 
 /* ---------------- helpers ---------------- */
 
-static uint64_t mix(uint64_t a, uint64_t b) {
+uint64_t pexp_mix(uint64_t a, uint64_t b) {
     uint64_t z = a * 0x9e3779b97f4a7c15ull ^ (b + 0x632be59bd9b4e019ull + (a << 6) + (a >> 2));
     z = (z ^ (z >> 31)) * 0xbf58476d1ce4e5b9ull;
     return z ^ (z >> 29);
 }
 
 /* The data set shared by every run of an experiment (synthetic from seed, or a file). */
-static int load_data(const mfres_pexp_config *c, mfres_pdata *D, mfres_pnet_config *net) {
+int pexp_load_data(const mfres_pexp_config *c, mfres_pdata *D, mfres_pnet_config *net) {
     int rc;
     if (c->data_path) {
         rc = mfres_pdata_load(D, c->data_path, net->k);
@@ -45,7 +47,7 @@ static int load_data(const mfres_pexp_config *c, mfres_pdata *D, mfres_pnet_conf
         net->d_in = D->d_in;
     } else {
         mfres_rng rng;
-        mfres_rng_seed(&rng, mix(c->seed, 0xda7a));
+        mfres_rng_seed(&rng, pexp_mix(c->seed, 0xda7a));
         rc = mfres_pdata_synth(D, c->data_kind, c->n, net->d_in, net->k, &rng);
         if (rc) return rc;
     }
@@ -53,17 +55,15 @@ static int load_data(const mfres_pexp_config *c, mfres_pdata *D, mfres_pnet_conf
     return MFRES_OK;
 }
 
-static long steps_for(const mfres_pexp_config *c) {
-    long s = lround(c->time / c->lr);
-    return s < 1 ? 1 : s;
+long pexp_steps_for(const mfres_pexp_config *c) {
+    const double s = c->time / c->lr;
+    if (!(s <= MFRES_PEXP_MAX_STEPS))
+        return mfres_fail(MFRES_EINVAL, "--time %g / --lr %g is %g training steps; at most %g (raise --lr or lower --time)",
+                          c->time, c->lr, s, (double)MFRES_PEXP_MAX_STEPS);
+    return s < 1.5 ? 1 : lround(s);
 }
 
-typedef struct csv_out {
-    mfres_atomic_file af;
-    char path[4096];
-} csv_out;
-
-static int csv_open(csv_out *o, const mfres_pexp_config *c, const char *name, const char *header) {
+int pexp_csv_open(pexp_csv *o, const mfres_pexp_config *c, const char *name, const char *header) {
     snprintf(o->path, sizeof o->path, "%s/%s", c->out_dir, name);
     int rc = mfres_atomic_open(&o->af, o->path);
     if (rc) return rc;
@@ -71,15 +71,14 @@ static int csv_open(csv_out *o, const mfres_pexp_config *c, const char *name, co
     return MFRES_OK;
 }
 
-static int csv_commit(csv_out *o) {
+int pexp_csv_commit(pexp_csv *o) {
     int rc = mfres_atomic_commit(&o->af);
     if (!rc) mfres_log("wrote %s", o->path);
     return rc;
 }
 
 /* Writes <out>/<name>.gp (the script text, printf-style) and runs gnuplot on it. */
-static int plot(const mfres_pexp_config *c, const char *name, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int plot(const mfres_pexp_config *c, const char *name, const char *fmt, ...) {
+int pexp_plot(const mfres_pexp_config *c, const char *name, const char *fmt, ...) {
     char body[16384], path[4096];
     va_list ap;
     va_start(ap, fmt);
@@ -96,9 +95,13 @@ static int plot(const mfres_pexp_config *c, const char *name, const char *fmt, .
     snprintf(path, sizeof path, "%s/%s.gp", c->out_dir, name);
     int rc = mfres_write_file_atomic(path, full, (size_t)n2);
     if (rc) return rc;
-    rc = mfres_gnuplot_run(path);
-    if (!rc) mfres_log("plotted %s/%s.png", c->out_dir, name);
-    return rc;
+    /* The CSV is the result and is already written: a failing gnuplot costs the picture only. */
+    if (mfres_gnuplot_run(path) != MFRES_OK)
+        mfres_log("warning: no %s/%s.png (%s); the CSV files are complete, rerun `gnuplot %s`", c->out_dir, name,
+                  mfres_last_error(), path);
+    else
+        mfres_log("plotted %s/%s.png", c->out_dir, name);
+    return MFRES_OK;
 }
 
 /* One training run: particles from seed_run; records the loss before each step into traj
@@ -123,10 +126,13 @@ static int train_run(const mfres_pexp_config *c, const mfres_pnet_config *ncfg, 
         mfres_pnet_free(&net);
         return rc;
     }
+    double E0 = 0;
     for (long s = 0; s < steps && !rc; s++) {
         double E;
         long inv = 0;
         rc = mfres_pnet_train_step(&net, &tr, D->x, D->y, &rng, &E, &inv);
+        if (s == 0) E0 = E;
+        if (!rc) rc = pexp_check_diverged(E0, E, s, c->lr);
         if (traj) traj[s] = E;
         if (inversions) inversions[s] = inv;
     }
@@ -154,19 +160,28 @@ static int train_run(const mfres_pexp_config *c, const mfres_pnet_config *ncfg, 
     return MFRES_OK;
 }
 
-static double mean_of(const double *a, int n) {
+int pexp_check_diverged(double E0, double E, long step, double lr) {
+    if (isfinite(E) && !(E > MFRES_PEXP_DIVERGE * E0))
+        return MFRES_OK;
+    return mfres_fail(MFRES_ENUMERIC,
+                      "training diverged: the loss is %g at step %ld (training time %g), %g times the initial %g; "
+                      "lower --lr",
+                      E, step, step * lr, E / E0, E0);
+}
+
+double pexp_mean(const double *a, int n) {
     double s = 0;
     for (int i = 0; i < n; i++) s += a[i];
     return s / n;
 }
-static double std_of(const double *a, int n) {
+double pexp_std(const double *a, int n) {
     if (n < 2) return 0;
-    double m = mean_of(a, n), s = 0;
+    double m = pexp_mean(a, n), s = 0;
     for (int i = 0; i < n; i++) s += (a[i] - m) * (a[i] - m);
     return sqrt(s / (n - 1));
 }
 
-static void describe(const mfres_pexp_config *c, const mfres_pnet_config *n, const mfres_pdata *D) {
+void pexp_describe(const mfres_pexp_config *c, const mfres_pnet_config *n, const mfres_pdata *D) {
     printf("# model: unit %s, act %s, d_in %d, d %d, k %d, init scale %g; data: %s, n = %d; %s x %d sub-step%s; "
            "lr %g on the mean-field time scale, batch %s; seed %llu\n",
            mfres_unit_name(n->unit), mfres_act_name(n->act), n->d_in, n->d, n->k, n->init_scale,
@@ -183,16 +198,20 @@ static void describe(const mfres_pexp_config *c, const mfres_pnet_config *n, con
 int mfres_pexp_zero_loss(const mfres_pexp_config *c) {
     mfres_pnet_config ncfg = c->net;
     mfres_pdata D;
-    int rc = load_data(c, &D, &ncfg);
+    int rc = pexp_load_data(c, &D, &ncfg);
     if (rc) return rc;
-    const long steps = steps_for(c);
+    const long steps = pexp_steps_for(c);
+    if (steps < 0) {
+        mfres_pdata_free(&D);
+        return (int)steps;
+    }
     const int S = c->seeds, nL = c->nL, nM = c->nM;
     double *final = calloc((size_t)nL * nM * S, sizeof(double));
-    csv_out runs, sum;
+    pexp_csv runs, sum;
     if (!final) return mfres_fail(MFRES_ENOMEM, "zero-loss: out of memory");
-    rc = csv_open(&runs, c, "zero_loss_runs.csv", "L,M,seed,steps,time,final_loss");
+    rc = pexp_csv_open(&runs, c, "zero_loss_runs.csv", "L,M,seed,steps,time,final_loss");
     if (rc) goto done;
-    describe(c, &ncfg, &D);
+    pexp_describe(c, &ncfg, &D);
     printf("# zero-loss: final training loss after training time %g (%ld steps), mean over %d seeds\n", c->time,
            steps, S);
     double t0 = mfres_now();
@@ -206,7 +225,7 @@ int mfres_pexp_zero_loss(const mfres_pexp_config *c) {
                     rc = mfres_fail(MFRES_ENOMEM, "zero-loss: out of memory");
                     break;
                 }
-                rc = train_run(c, &ncfg, &D, mix(c->seed, (uint64_t)(1000 * s + 7)) ^ (uint64_t)(ncfg.L * 131 + ncfg.M),
+                rc = train_run(c, &ncfg, &D, pexp_mix(c->seed, (uint64_t)(1000 * s + 7)) ^ (uint64_t)(ncfg.L * 131 + ncfg.M),
                                steps, 0, traj, NULL, NULL, NULL);
                 if (!rc) {
                     final[((size_t)a * nM + b) * S + s] = traj[steps];
@@ -214,7 +233,7 @@ int mfres_pexp_zero_loss(const mfres_pexp_config *c) {
                             traj[steps]);
                     if (s == S - 1)
                         mfres_log("zero-loss: L %3d M %4d  loss %.3e  (%.1fs)", ncfg.L, ncfg.M,
-                                  mean_of(final + ((size_t)a * nM + b) * S, S), mfres_now() - t0);
+                                  pexp_mean(final + ((size_t)a * nM + b) * S, S), mfres_now() - t0);
                 }
                 free(traj);
             }
@@ -222,8 +241,8 @@ int mfres_pexp_zero_loss(const mfres_pexp_config *c) {
         mfres_atomic_abort(&runs.af);
         goto done;
     }
-    if ((rc = csv_commit(&runs))) goto done;
-    rc = csv_open(&sum, c, "zero_loss.csv", "L,M,LM,mean_loss,min_loss,max_loss,reached");
+    if ((rc = pexp_csv_commit(&runs))) goto done;
+    rc = pexp_csv_open(&sum, c, "zero_loss.csv", "L,M,LM,mean_loss,min_loss,max_loss,reached");
     if (rc) goto done;
     printf("%6s", "L \\ M");
     for (int b = 0; b < nM; b++) printf(" %10ld", c->Ms[b]);
@@ -240,9 +259,9 @@ int mfres_pexp_zero_loss(const mfres_pexp_config *c) {
                 mx = fmax(mx, f[s]);
                 reached += f[s] < c->target;
             }
-            printf(" %10.3e", mean_of(f, S));
+            printf(" %10.3e", pexp_mean(f, S));
             fprintf(sum.af.fp, "%ld,%ld,%ld,%.6e,%.6e,%.6e,%d\n", c->Ls[a], c->Ms[b], c->Ls[a] * c->Ms[b],
-                    mean_of(f, S), mn, mx, reached);
+                    pexp_mean(f, S), mn, mx, reached);
             long LM = c->Ls[a] * c->Ms[b];
             if (reached == S && (best_LM < 0 || LM < best_LM || (LM == best_LM && c->Ls[a] < best_L))) {
                 best_LM = LM;
@@ -257,11 +276,11 @@ int mfres_pexp_zero_loss(const mfres_pexp_config *c) {
                best_M, best_LM);
     else
         printf("no (L, M) in the grid brought every seed below eps = %g; try --time %g\n", c->target, 4 * c->time);
-    if ((rc = csv_commit(&sum))) goto done;
+    if ((rc = pexp_csv_commit(&sum))) goto done;
     {
         char list[512] = "";
         for (int a = 0; a < nL; a++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%ld", a ? " " : "", c->Ls[a]);
-        rc = plot(c, "zero_loss",
+        rc = pexp_plot(c, "zero_loss",
                   "set title 'zero-loss: final training loss at training time %g (mean of %d seeds)'\n"
                   "set logscale xy\nset xlabel 'particles L*M'\nset ylabel 'training loss'\n"
                   "plot for [Lv in '%s'] '%s/zero_loss.csv' skip 1 using 3:(($1==Lv+0)?$4:1/0) with linespoints "
@@ -279,9 +298,13 @@ done:
 int mfres_pexp_mean_field_limit(const mfres_pexp_config *c) {
     mfres_pnet_config ncfg = c->net;
     mfres_pdata D;
-    int rc = load_data(c, &D, &ncfg);
+    int rc = pexp_load_data(c, &D, &ncfg);
     if (rc) return rc;
-    const long steps = steps_for(c);
+    const long steps = pexp_steps_for(c);
+    if (steps < 0) {
+        mfres_pdata_free(&D);
+        return (int)steps;
+    }
     const int S = c->seeds, nL = c->nL, nM = c->nM, nc = nL * nM, n = D.n, k = ncfg.k;
     const size_t T = (size_t)steps + 1;
     double *traj = calloc((size_t)nc * S * T, sizeof(double));
@@ -291,7 +314,7 @@ int mfres_pexp_mean_field_limit(const mfres_pexp_config *c) {
         rc = mfres_fail(MFRES_ENOMEM, "mean-field-limit: out of memory");
         goto done;
     }
-    describe(c, &ncfg, &D);
+    pexp_describe(c, &ncfg, &D);
     double t0 = mfres_now();
     for (int a = 0; a < nL && !rc; a++)
         for (int b = 0; b < nM && !rc; b++)
@@ -299,7 +322,7 @@ int mfres_pexp_mean_field_limit(const mfres_pexp_config *c) {
                 int i = a * nM + b;
                 ncfg.L = (int)c->Ls[a];
                 ncfg.M = (int)c->Ms[b];
-                rc = train_run(c, &ncfg, &D, mix(c->seed, (uint64_t)(1000 * s + 11)) ^ (uint64_t)(ncfg.L * 131 + ncfg.M),
+                rc = train_run(c, &ncfg, &D, pexp_mix(c->seed, (uint64_t)(1000 * s + 11)) ^ (uint64_t)(ncfg.L * 131 + ncfg.M),
                                steps, 0, traj + ((size_t)i * S + s) * T, outs + ((size_t)i * S + s) * n * k, NULL, NULL);
                 if (!rc && s == S - 1)
                     mfres_log("mean-field-limit: L %3d M %4d done (%.1fs)", ncfg.L, ncfg.M, mfres_now() - t0);
@@ -331,7 +354,7 @@ int mfres_pexp_mean_field_limit(const mfres_pexp_config *c) {
         }
         dist[i * 3] = dO;
         dist[i * 3 + 1] = dT;
-        dist[i * 3 + 2] = std_of(fin, S < 64 ? S : 64);
+        dist[i * 3 + 2] = pexp_std(fin, S < 64 ? S : 64);
     }
     /* fit dist_out ≈ α/L + β/√(LM) over the non-reference runs, weighted by 1/dist² */
     double A11 = 0, A12 = 0, A22 = 0, r1 = 0, r2 = 0;
@@ -352,8 +375,8 @@ int mfres_pexp_mean_field_limit(const mfres_pexp_config *c) {
            c->time, steps, c->Ls[nL - 1], c->Ms[nM - 1]);
     printf("%5s %5s %8s %12s %12s %12s %12s %12s\n", "L", "M", "L*M", "final_loss", "seed_spread", "dist_out",
            "dist_traj", "fit");
-    csv_out sum, tr;
-    if ((rc = csv_open(&sum, c, "mean_field_limit.csv", "L,M,LM,final_loss,spread,dist_out,dist_traj,fit"))) {
+    pexp_csv sum, tr;
+    if ((rc = pexp_csv_open(&sum, c, "mean_field_limit.csv", "L,M,LM,final_loss,spread,dist_out,dist_traj,fit"))) {
         free(ref_out), free(ref_traj);
         goto done;
     }
@@ -368,14 +391,14 @@ int mfres_pexp_mean_field_limit(const mfres_pexp_config *c) {
                 dist[i * 3 + 1], fit);
     }
     printf("fit: dist_out ~ %.4g / L + %.4g / sqrt(L*M)\n", alpha, beta);
-    rc = csv_commit(&sum);
+    rc = pexp_csv_commit(&sum);
     /* trajectories: mean over seeds per size, one column per size */
     if (!rc) {
         char header[4096] = "time";
         for (int i = 0; i < nc; i++)
             snprintf(header + strlen(header), sizeof header - strlen(header), ",L%ld_M%ld", c->Ls[i / nM],
                      c->Ms[i % nM]);
-        rc = csv_open(&tr, c, "mean_field_limit_traj.csv", header);
+        rc = pexp_csv_open(&tr, c, "mean_field_limit_traj.csv", header);
     }
     if (!rc) {
         for (size_t t = 0; t < T; t++) {
@@ -387,12 +410,12 @@ int mfres_pexp_mean_field_limit(const mfres_pexp_config *c) {
             }
             fprintf(tr.af.fp, "\n");
         }
-        rc = csv_commit(&tr);
+        rc = pexp_csv_commit(&tr);
     }
     free(ref_out);
     free(ref_traj);
     if (!rc)
-        rc = plot(c, "mean_field_limit",
+        rc = pexp_plot(c, "mean_field_limit",
                   "set multiplot layout 1,2\nset logscale xy\nset xlabel 'L*M'\nset ylabel 'distance to the largest run'\n"
                   "set title 'output distance (points) and fit %.3g/L + %.3g/sqrt(LM)'\nset key bottom left\n"
                   "plot '%s/mean_field_limit.csv' skip 1 using 3:6 with points pt 7 title 'dist_out', "
@@ -435,22 +458,27 @@ static double rel_err(const double *a, const double *b, size_t n) {
 int mfres_pexp_adjoint(const mfres_pexp_config *c) {
     mfres_pnet_config ncfg = c->net;
     mfres_pdata D;
-    int rc = load_data(c, &D, &ncfg);
+    int rc = pexp_load_data(c, &D, &ncfg);
     if (rc) return rc;
+    const long lemma_steps = pexp_steps_for(c);
+    if (lemma_steps < 0) {
+        mfres_pdata_free(&D);
+        return (int)lemma_steps;
+    }
     mfres_rng rng;
-    mfres_rng_seed(&rng, mix(c->seed, 0xad));
+    mfres_rng_seed(&rng, pexp_mix(c->seed, 0xad));
     mfres_pnet net;
     if ((rc = mfres_pnet_init(&net, &ncfg, &rng))) goto done0;
     const size_t nth = mfres_pnet_num_theta(&net), ng = nth + (size_t)ncfg.L;
     const int sref = 512, ns = 7, svals[7] = {1, 2, 4, 8, 16, 32, 64};
     double *gref = malloc(ng * sizeof(double)), *g = malloc(ng * sizeof(double)), *ga = malloc(ng * sizeof(double));
     double E;
-    csv_out cv;
+    pexp_csv cv;
     if (!gref || !g || !ga) {
         rc = mfres_fail(MFRES_ENOMEM, "adjoint: out of memory");
         goto done;
     }
-    describe(c, &ncfg, &D);
+    pexp_describe(c, &ncfg, &D);
     if ((rc = grad_of(&net, &D, mfres_ode_rk4, sref, MFRES_GRAD_ADJOINT, gref, &E, NULL, NULL))) goto done;
     printf("# adjoint: L = %d, M = %d; reference gradient: continuous adjoint, RK4, %d sub-steps per block\n", ncfg.L,
            ncfg.M, sref);
@@ -458,7 +486,7 @@ int mfres_pexp_adjoint(const mfres_pexp_config *c) {
            "of the discrete loss (16 theta and up to 8 tau coordinates)\n");
     printf("%6s %4s %12s %8s %12s %8s %12s %12s\n", "method", "s", "err_backprop", "order", "err_adjoint", "order",
            "adj_vs_bp", "bp_vs_fd");
-    if ((rc = csv_open(&cv, c, "adjoint.csv", "method,substeps,err_backprop,err_adjoint,adjoint_vs_backprop,backprop_vs_fd")))
+    if ((rc = pexp_csv_open(&cv, c, "adjoint.csv", "method,substeps,err_backprop,err_adjoint,adjoint_vs_backprop,backprop_vs_fd")))
         goto done;
     for (int m = 0; m < 2 && !rc; m++) {
         const mfres_ode_step_type *T = m ? mfres_ode_rk4 : mfres_ode_euler;
@@ -506,27 +534,28 @@ int mfres_pexp_adjoint(const mfres_pexp_config *c) {
         mfres_atomic_abort(&cv.af);
         goto done;
     }
-    if ((rc = csv_commit(&cv))) goto done;
+    if ((rc = pexp_csv_commit(&cv))) goto done;
 
     /* Lemma 1: ||p(., t)||_mu / E over t, at checkpoints along training (RK4, 8 sub-steps). */
     char ckpts[512] = "";
     {
         const int s = 8, npt = ncfg.L * s + 1;
-        const long steps = steps_for(c);
+        const long steps = lemma_steps;
         double *pn = malloc((size_t)npt * sizeof(double)), *tg = malloc((size_t)npt * sizeof(double));
-        csv_out lv;
+        pexp_csv lv;
         mfres_pnet_train_config tc;
         mfres_pnet_train_config_default(&tc);
         tc.lr = c->lr;
         mfres_pnet_trainer tr;
         if (!pn || !tg) rc = mfres_fail(MFRES_ENOMEM, "adjoint: out of memory");
         if (!rc) rc = mfres_pnet_trainer_init(&tr, &net, &tc, D.n, mfres_ode_rk4, s);
-        if (!rc) rc = csv_open(&lv, c, "lemma1.csv", "step,train_time,loss,t,p_norm,p_norm_over_loss,p_norm_over_p_norm_T");
+        if (!rc) rc = pexp_csv_open(&lv, c, "lemma1.csv", "step,train_time,loss,t,p_norm,p_norm_over_loss,p_norm_over_p_norm_T");
         if (!rc) {
             printf("# Lemma 1: ||p(.,t)||_mu / E(rho) along training (RK4, %d sub-steps, %ld steps of lr %g)\n", s,
                    steps, c->lr);
             printf("%8s %10s %12s %14s %14s %16s\n", "step", "time", "loss", "min_t p/E", "max_t p/E", "min_t p/p(T)");
             long next = 0;
+            double E_first = 0;
             for (long st = 0; st <= steps && !rc; st++) {
                 if (st == next || st == steps) {
                     rc = grad_of(&net, &D, mfres_ode_rk4, s, MFRES_GRAD_ADJOINT, g, &E, pn, tg);
@@ -541,13 +570,15 @@ int mfres_pexp_adjoint(const mfres_pexp_config *c) {
                     snprintf(ckpts + strlen(ckpts), sizeof ckpts - strlen(ckpts), "%s%ld", st ? " " : "", st);
                     next = next == 0 ? 1 : next * 4;
                 }
+                if (st == 0) E_first = E;
                 if (st < steps) rc = mfres_pnet_train_step(&net, &tr, D.x, D.y, &rng, &E, NULL);
+                if (!rc && st < steps) rc = pexp_check_diverged(E_first, E, st, c->lr);
             }
             mfres_pnet_trainer_free(&tr);
             if (rc)
                 mfres_atomic_abort(&lv.af);
             else
-                rc = csv_commit(&lv);
+                rc = pexp_csv_commit(&lv);
         } else if (pn && tg) {
             mfres_pnet_trainer_free(&tr);
         }
@@ -555,7 +586,7 @@ int mfres_pexp_adjoint(const mfres_pexp_config *c) {
         free(tg);
     }
     if (!rc)
-        rc = plot(c, "adjoint",
+        rc = pexp_plot(c, "adjoint",
                   "set multiplot layout 1,2\nset logscale xy\nset format y '%%.0e'\nset xlabel 'sub-steps per block s'\n"
                   "set ylabel 'relative error vs reference'\nset title 'gradient error (Euler ~ 1/s, RK4 ~ 1/s^4)'\n"
                   "set key bottom left font ',8'\n"
@@ -586,13 +617,13 @@ done0:
 int mfres_pexp_ensemble(const mfres_pexp_config *c) {
     mfres_pnet_config ncfg = c->net;
     mfres_pdata D;
-    int rc = load_data(c, &D, &ncfg);
+    int rc = pexp_load_data(c, &D, &ncfg);
     if (rc) return rc;
     const double scales[4] = {0.25, 0.5, 1.0, 2.0};
     const int n = D.n, k = ncfg.k, S = c->seeds;
-    csv_out cv;
-    if ((rc = csv_open(&cv, c, "ensemble.csv", "L,M,scale,rel_out_diff,rel_grad_diff,grad_cosine"))) goto done;
-    describe(c, &ncfg, &D);
+    pexp_csv cv;
+    if ((rc = pexp_csv_open(&cv, c, "ensemble.csv", "L,M,scale,rel_out_diff,rel_grad_diff,grad_cosine"))) goto done;
+    pexp_describe(c, &ncfg, &D);
     printf("# ensemble (P1 section 2.2): deep ResNet (Euler, one step per block, uniform tau) vs its first-order\n"
            "# expansion X0 + sum_l h_l F_l(X0); rel_out = |out - out_ens| / |out - out_0|, rel_grad = |g - g_ens| / "
            "|g|; M = %d, mean of %d seeds\n",
@@ -605,7 +636,7 @@ int mfres_pexp_ensemble(const mfres_pexp_config *c) {
                 ncfg.L = (int)c->Ls[a];
                 ncfg.init_scale = scales[si];
                 mfres_rng rng;
-                mfres_rng_seed(&rng, mix(c->seed, (uint64_t)(977 * s + 3)) ^ (uint64_t)ncfg.L);
+                mfres_rng_seed(&rng, pexp_mix(c->seed, (uint64_t)(977 * s + 3)) ^ (uint64_t)ncfg.L);
                 mfres_pnet net;
                 mfres_pnet_work w;
                 if ((rc = mfres_pnet_init(&net, &ncfg, &rng))) break;
@@ -655,8 +686,8 @@ int mfres_pexp_ensemble(const mfres_pexp_config *c) {
         mfres_atomic_abort(&cv.af);
         goto done;
     }
-    if ((rc = csv_commit(&cv))) goto done;
-    rc = plot(c, "ensemble",
+    if ((rc = pexp_csv_commit(&cv))) goto done;
+    rc = pexp_plot(c, "ensemble",
               "set multiplot layout 1,2\nset logscale xy\nset xlabel 'depth L (total time 1)'\n"
               "set ylabel 'relative difference'\nset title 'output: deep vs two-layer ensemble'\n"
               "set key bottom right font ',8'\n"
@@ -675,9 +706,13 @@ done:
 int mfres_pexp_sorted_tau(const mfres_pexp_config *c) {
     mfres_pnet_config ncfg = c->net;
     mfres_pdata D;
-    int rc = load_data(c, &D, &ncfg);
+    int rc = pexp_load_data(c, &D, &ncfg);
     if (rc) return rc;
-    const long steps = steps_for(c);
+    const long steps = pexp_steps_for(c);
+    if (steps < 0) {
+        mfres_pdata_free(&D);
+        return (int)steps;
+    }
     const int S = c->seeds;
     const size_t T = (size_t)steps + 1;
     double *traj = calloc(2 * (size_t)S * T, sizeof(double));
@@ -685,17 +720,17 @@ int mfres_pexp_sorted_tau(const mfres_pexp_config *c) {
     double fin[2][64];
     long changed[64], swaps[64];
     double span[64], gapmin[64];
-    csv_out cv, sm;
+    pexp_csv cv, sm;
     if (!traj || !inv) {
         rc = mfres_fail(MFRES_ENOMEM, "sorted-tau: out of memory");
         goto done;
     }
-    describe(c, &ncfg, &D);
+    pexp_describe(c, &ncfg, &D);
     double t0 = mfres_now();
     for (int s = 0; s < S && s < 64 && !rc; s++)
         for (int arm = 0; arm < 2 && !rc; arm++) {
             mfres_pnet net;
-            uint64_t sr = mix(c->seed, (uint64_t)(1000 * s + 5)); /* same particles in both arms */
+            uint64_t sr = pexp_mix(c->seed, (uint64_t)(1000 * s + 5)); /* same particles in both arms */
             rc = train_run(c, &ncfg, &D, sr, steps, arm, traj + ((size_t)arm * S + s) * T, NULL,
                            arm ? inv + (size_t)s * T : NULL, &net);
             if (rc) break;
@@ -721,7 +756,7 @@ int mfres_pexp_sorted_tau(const mfres_pexp_config *c) {
         double mn = fin[arm][0], mx = fin[arm][0];
         for (int s = 0; s < SS; s++) mn = fmin(mn, fin[arm][s]), mx = fmax(mx, fin[arm][s]);
         printf("%-22s %12.4e %12.4e %12.4e %12.4e\n", arm ? "Algorithm 1 (sorted)" : "fixed uniform tau",
-               mean_of(fin[arm], SS), std_of(fin[arm], SS), mn, mx);
+               pexp_mean(fin[arm], SS), pexp_std(fin[arm], SS), mn, mx);
     }
     int wins = 0;
     for (int s = 0; s < SS; s++) wins += fin[1][s] < fin[0][s];
@@ -730,7 +765,7 @@ int mfres_pexp_sorted_tau(const mfres_pexp_config *c) {
     printf("Algorithm 1 lower in %d of %d seeds; order changed in %.1f of %ld steps on average (%.1f adjacent swaps); "
            "final tau_{L-1} %.4f, smallest step %.2e\n",
            wins, SS, mc, steps, ms, mspan, mgap);
-    if ((rc = csv_open(&cv, c, "sorted_tau_traj.csv", "step,time,fixed_mean,sorted_mean,sorted_swaps_mean"))) goto done;
+    if ((rc = pexp_csv_open(&cv, c, "sorted_tau_traj.csv", "step,time,fixed_mean,sorted_mean,sorted_swaps_mean"))) goto done;
     for (size_t t = 0; t < T; t++) {
         double a = 0, b = 0, sw = 0;
         for (int s = 0; s < SS; s++)
@@ -738,14 +773,14 @@ int mfres_pexp_sorted_tau(const mfres_pexp_config *c) {
                 sw += t < (size_t)steps ? (double)inv[(size_t)s * T + t] / SS : 0;
         fprintf(cv.af.fp, "%zu,%g,%.6e,%.6e,%g\n", t, t * c->lr, a, b, sw);
     }
-    if ((rc = csv_commit(&cv))) goto done;
-    if ((rc = csv_open(&sm, c, "sorted_tau.csv", "seed,fixed_final,sorted_final,steps_order_changed,swaps,tau_last,min_step")))
+    if ((rc = pexp_csv_commit(&cv))) goto done;
+    if ((rc = pexp_csv_open(&sm, c, "sorted_tau.csv", "seed,fixed_final,sorted_final,steps_order_changed,swaps,tau_last,min_step")))
         goto done;
     for (int s = 0; s < SS; s++)
         fprintf(sm.af.fp, "%d,%.6e,%.6e,%ld,%ld,%.6f,%.6e\n", s, fin[0][s], fin[1][s], changed[s], swaps[s], span[s],
                 gapmin[s]);
-    if ((rc = csv_commit(&sm))) goto done;
-    rc = plot(c, "sorted_tau",
+    if ((rc = pexp_csv_commit(&sm))) goto done;
+    rc = pexp_plot(c, "sorted_tau",
               "set logscale y\nset xlabel 'training time'\nset ylabel 'training loss (mean of seeds)'\n"
               "set y2label 'adjacent swaps per step (mean)'\nset y2tics\nset ytics nomirror\n"
               "set title 'Algorithm 1 (trainable sorted tau) vs fixed uniform tau'\n"
@@ -766,7 +801,7 @@ int mfres_pexp_bench(const mfres_pexp_config *c) {
     mfres_pdata D;
     mfres_pexp_config cc = *c;
     cc.data_kind = MFRES_PDATA_RANDOM;
-    int rc = load_data(&cc, &D, &ncfg);
+    int rc = pexp_load_data(&cc, &D, &ncfg);
     if (rc) return rc;
     mfres_rng rng;
     mfres_rng_seed(&rng, c->seed);
@@ -795,6 +830,78 @@ int mfres_pexp_bench(const mfres_pexp_config *c) {
     mfres_pnet_trainer_free(&tr);
     mfres_pnet_free(&net);
 done:
+    mfres_pdata_free(&D);
+    return rc;
+}
+
+/* ---------------- train: one run, saved and continued ---------------- */
+
+int mfres_pexp_train(const mfres_pexp_config *c) {
+    mfres_pnet_config ncfg = c->net;
+    mfres_pdata D;
+    mfres_pnet net;
+    pexp_csv cv;
+    char save[4096];
+    memset(&net, 0, sizeof net);
+    int rc = pexp_load_data(c, &D, &ncfg);
+    if (rc) return rc;
+    const long steps = pexp_steps_for(c);
+    double *traj = steps > 0 ? malloc((size_t)(steps + 1) * sizeof(double)) : NULL;
+    if (steps < 0) {
+        rc = (int)steps;
+        goto done;
+    }
+    if (!traj) {
+        rc = mfres_fail(MFRES_ENOMEM, "train: out of memory");
+        goto done;
+    }
+    mfres_rng rng;
+    mfres_rng_seed(&rng, pexp_mix(c->seed, 0x7a1));
+    if (c->load_dir) {
+        if ((rc = mfres_pnet_load(&net, c->load_dir))) goto done;
+        if (net.cfg.d_in != D.d_in || net.cfg.k != D.k) {
+            rc = mfres_fail(MFRES_EINVAL, "train: the particles in %s take d_in = %d inputs and k = %d outputs; the data "
+                            "has %d and %d (use --d-in/--k or the same data file)",
+                            c->load_dir, net.cfg.d_in, net.cfg.k, D.d_in, D.k);
+            goto done;
+        }
+        ncfg = net.cfg;
+    } else if ((rc = mfres_pnet_init(&net, &ncfg, &rng))) {
+        goto done;
+    }
+    pexp_describe(c, &ncfg, &D);
+    mfres_pnet_train_config tc;
+    mfres_pnet_train_config_default(&tc);
+    tc.lr = c->lr;
+    tc.batch = c->batch;
+    mfres_pnet_trainer tr;
+    if ((rc = mfres_pnet_trainer_init(&tr, &net, &tc, D.n, c->method, c->substeps))) goto done;
+    for (long s = 0; s < steps && !rc; s++) {
+        rc = mfres_pnet_train_step(&net, &tr, D.x, D.y, &rng, &traj[s], NULL);
+        if (!rc) rc = pexp_check_diverged(traj[0], traj[s], s, c->lr);
+    }
+    if (!rc) rc = mfres_pnet_loss(&net, &tr.w, D.x, D.y, D.n, &traj[steps]);
+    mfres_pnet_trainer_free(&tr);
+    if (rc) goto done;
+    printf("# train: L = %d, M = %d, %ld steps of lr %g%s%s\n", ncfg.L, ncfg.M, steps, c->lr,
+           c->load_dir ? ", continued from " : "", c->load_dir ? c->load_dir : "");
+    printf("initial_loss=%.17g final_loss=%.17g\n", traj[0], traj[steps]);
+    if ((rc = pexp_csv_open(&cv, c, "train.csv", "step,time,loss"))) goto done;
+    for (long s = 0; s <= steps; s++) fprintf(cv.af.fp, "%ld,%g,%.17g\n", s, s * c->lr, traj[s]);
+    if ((rc = pexp_csv_commit(&cv))) goto done;
+    if (c->save_dir)
+        snprintf(save, sizeof save, "%s", c->save_dir);
+    else
+        snprintf(save, sizeof save, "%s/particles", c->out_dir);
+    if ((rc = mfres_pnet_save(&net, save))) goto done;
+    mfres_log("saved the particles to %s (theta.npy, tau.npy, W2.npy, W1.npy, particles.json)", save);
+    rc = pexp_plot(c, "train",
+                   "set logscale y\nset xlabel 'training time'\nset ylabel 'training loss'\nset title 'particle ResNet, "
+                   "L = %d, M = %d'\nplot '%s/train.csv' skip 1 using 2:3 with lines lw 2 title 'loss'\n",
+                   ncfg.L, ncfg.M, c->out_dir);
+done:
+    free(traj);
+    mfres_pnet_free(&net);
     mfres_pdata_free(&D);
     return rc;
 }

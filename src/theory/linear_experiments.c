@@ -220,7 +220,12 @@ static int write_plot(const mfres_lin_exp_cfg *cfg, const char *name, const char
     if (rc) return rc;
     char path[4096];
     rc = out_path(cfg, gp, path, sizeof path);
-    return rc ? rc : mfres_gnuplot_run(path);
+    if (rc) return rc;
+    /* The CSV is the result and is already written: a failing gnuplot costs the picture only. */
+    if (mfres_gnuplot_run(path) != MFRES_OK)
+        mfres_log("warning: no %s/%s.png (%s); the CSV files are complete, rerun `gnuplot %s`", cfg->out_dir, name,
+                  mfres_last_error(), path);
+    return MFRES_OK;
 }
 
 /* Prints a number for CSV: "nan" for missing (gnuplot skips it). */
@@ -306,7 +311,8 @@ int mfres_lin_exp_run(const mfres_lin_exp_cfg *cfg) {
             "contraction per step: predicted %.6f, measured mean %.6f, worst %.6f over %d steps; "
             "(1−worst)/(1−predicted) = %.3f; bound %s; steps to ε=%g·excess0: %s; %.2f s\n",
             o.th.rate_pred, o.con.rate_mean, o.con.rate_worst, o.con.steps_used,
-            (1 - o.con.rate_worst) / (1 - o.th.rate_pred), o.con.bound_held ? "held" : "violated", cfg->eps, s,
+            (1 - o.con.rate_worst) / (1 - o.th.rate_pred),
+            o.res.diverged ? "not checked (the run diverged)" : o.con.bound_held ? "held" : "violated", cfg->eps, s,
             o.res.seconds);
 
     mfres_atomic_file af;
@@ -325,6 +331,9 @@ int mfres_lin_exp_run(const mfres_lin_exp_cfg *cfg) {
                     "set logscale y\nset format y '1e%T'\nset xlabel 'step t'\nset ylabel 'L - L*'\n"
                     "plot 'run.csv' using 1:3 skip 1 with lines lw 2 title 'measured', "
                     "'run.csv' using 1:4 skip 1 with lines dt 2 title 'bound (1 - eta L s^2 s^2 s^2/e)^t'\n");
+    if (!rc && o.res.diverged)
+        rc = mfres_fail(MFRES_ENUMERIC, "the run diverged at step %d (excess %g); run.csv holds its trace; lower --eta-c",
+                        o.res.steps_run, o.res.excess);
 done:
     free(trace);
     mfres_lin_transforms_free(&tr);
@@ -379,6 +388,10 @@ int mfres_lin_exp_transforms(const mfres_lin_exp_cfg *cfg) {
                  cfg->depth, widths[0], widths[1]);
         rc = write_plot(cfg, "transforms", body);
     }
+    for (int i = 0; i < 2 && !rc; i++)
+        if (o[i].res.diverged)
+            rc = mfres_fail(MFRES_ENUMERIC, "the %s run diverged at step %d (transforms.csv has its trace); lower --eta-c",
+                            names[i], o[i].res.steps_run);
     free(traces[0]);
     free(traces[1]);
     mfres_lin_data_free(&data);
@@ -471,7 +484,7 @@ int mfres_lin_exp_rate(const mfres_lin_exp_cfg *cfg) {
     int nrun = 2 * nk;
     double *traces[32] = {0};
     char names[32][48];
-    int rc = MFRES_OK;
+    int rc = MFRES_OK, diverged = 0;
     mfres_atomic_file af;
     int af_open = 0;
     if (cfg->x_path)
@@ -505,10 +518,12 @@ int mfres_lin_exp_rate(const mfres_lin_exp_cfg *cfg) {
                 double ratio = (1 - o.con.rate_worst) / (1 - o.th.rate_pred);
                 fprintf(cfg->table, "%-9s %5.3g %5d %9.3g %6s %10.6f %10.6f %10.6f %8.3f %6s\n", kind_name(kinds[j]),
                         kap, tr.m, o.th.margin, o.th.margin >= cfg->theorem_C ? "yes" : "no", o.th.rate_pred,
-                        o.con.rate_mean, o.con.rate_worst, ratio, o.con.bound_held ? "held" : "broke");
+                        o.con.rate_mean, o.con.rate_worst, ratio,
+                        o.res.diverged ? "DIVERGED" : o.con.bound_held ? "held" : "broke");
+                if (o.res.diverged) diverged++;
                 fprintf(af.fp, "%s,%g,%d,%d,%.10g,%.10g,%.10g,%.10g,%.10g,%.10g,%d,%d\n", kind_name(kinds[j]), kap, tr.m,
                         cfg->depth, o.eta, o.th.margin, o.th.rate_pred, o.con.rate_mean, o.con.rate_worst, ratio,
-                        o.con.bound_held, o.con.steps_used);
+                        o.con.bound_held && !o.res.diverged, o.con.steps_used);
                 /* turn the stored excess trace into per-step factors for the plot */
                 for (int t = cfg->steps; t >= 1; t--) {
                     double a = traces[r][t - 1], b = traces[r][t];
@@ -549,6 +564,9 @@ int mfres_lin_exp_rate(const mfres_lin_exp_cfg *cfg) {
                  "2*exp(1)*x with lines dt 3 lc rgb 'gray' title '2e x predicted (linearised GD at W=0)'\n");
         rc = write_plot(cfg, "rate", body);
     }
+    if (!rc && diverged)
+        rc = mfres_fail(MFRES_ENUMERIC, "%d of %d runs diverged (DIVERGED in the table; rate.csv has them); lower --eta-c",
+                        diverged, nrun);
     if (af_open) mfres_atomic_abort(&af);
     for (int r = 0; r < nrun; r++) free(traces[r]);
     return rc;

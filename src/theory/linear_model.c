@@ -198,9 +198,23 @@ static int has_suffix(const char *s, const char *suf) {
 
 /* Loads a matrix from .npy or .csv, chosen by the extension. */
 static int load_matrix(const char *path, double **m, int *rows, int *cols) {
-    if (has_suffix(path, ".npy")) return mfres_npy_load_f64(path, m, rows, cols);
-    if (has_suffix(path, ".csv") || has_suffix(path, ".txt")) return mfres_csv_load_f64(path, m, rows, cols);
-    return mfres_fail(MFRES_EINVAL, "%s: unknown matrix file type (expected .npy or .csv)", path);
+    int rc;
+    if (has_suffix(path, ".npy"))
+        rc = mfres_npy_load_f64(path, m, rows, cols);
+    else if (has_suffix(path, ".csv") || has_suffix(path, ".txt"))
+        rc = mfres_csv_load_f64(path, m, rows, cols);
+    else
+        return mfres_fail(MFRES_EINVAL, "%s: unknown matrix file type (expected .npy or .csv)", path);
+    if (rc) return rc;
+    for (size_t i = 0; i < (size_t)*rows * (size_t)*cols; i++)
+        if (!isfinite((*m)[i])) {
+            double v = (*m)[i];
+            mfres_free(*m);
+            *m = NULL;
+            return mfres_fail(MFRES_ENUMERIC, "%s: entry (row %zu, column %zu) is %g; every entry must be finite", path,
+                              i / (size_t)*cols + 1, i % (size_t)*cols + 1, v);
+        }
+    return MFRES_OK;
 }
 
 static void transpose(double *dst, const double *src, int rows, int cols) {
@@ -614,7 +628,11 @@ void mfres_lin_contraction_measure(mfres_lin_contraction *c, const double *trace
     int t = 0;
     for (; t < steps; t++) {
         double a = trace[t], b = trace[t + 1];
-        if (!isfinite(b) || !(a > floor) || !(b > floor)) break;
+        if (!isfinite(b)) { /* the run blew up inside the window: nothing held */
+            c->bound_held = 0;
+            break;
+        }
+        if (!(a > floor) || !(b > floor)) break;
         double r = b / a;
         sum_log += log(r);
         if (r > c->rate_worst) c->rate_worst = r;
