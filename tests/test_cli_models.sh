@@ -22,7 +22,7 @@ expect_exit() { # want, description, grep pattern for stderr, command...
 
 expect_exit 2 "unknown model" "resnext29-8x64d" $MFRES train --model vgg16
 expect_exit 2 "malformed ResNeXt name" "resnextN-CxDd" $MFRES train --model resnext29-8x
-expect_exit 2 "bottleneck depth not 9n+2" "9n+2" $MFRES train --model resnet56 --block bottleneck
+expect_exit 2 "bottleneck depth not 9n+2" "9n+2" $MFRES train --model resnet50 --block bottleneck
 expect_exit 2 "basic depth 9n+2 only: points at the bottleneck" "use --block bottleneck" $MFRES train --model resnet47
 expect_exit 2 "ResNeXt has no --block bottleneck" "postact or preact" \
   $MFRES train --model resnext29-8x64d --block bottleneck
