@@ -54,6 +54,22 @@ static inline void test_tmpdir_remove(char *dir) {
     dir[0] = '\0';
 }
 
+/* Caps this process's address space at its current size plus `extra` bytes,
+ * so that a reader which allocates what a forged header asks for fails with
+ * ENOMEM instead of quietly reserving gigabytes. Call only in a forked test. */
+#include <sys/resource.h>
+#include <unistd.h>
+static inline void test_limit_address_space(size_t extra) {
+    FILE *fp = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    ck_assert_msg(fp && fscanf(fp, "%lu", &pages) == 1, "cannot read /proc/self/statm");
+    fclose(fp);
+    struct rlimit lim;
+    ck_assert(getrlimit(RLIMIT_AS, &lim) == 0);
+    lim.rlim_cur = pages * (unsigned long)sysconf(_SC_PAGESIZE) + extra;
+    ck_assert_msg(setrlimit(RLIMIT_AS, &lim) == 0, "setrlimit failed");
+}
+
 #define MFRES_TEST_MAIN(make_suite_fn)                         \
     int main(void) {                                           \
         SRunner *sr = srunner_create(make_suite_fn());         \
