@@ -93,7 +93,7 @@ check-fuzz: fuzz
 	@for t in $(FUZZ_TARGETS); do \
 	  mkdir -p build-fuzz/corpus-$$t; \
 	  printf 'fuzz %-12s %s s: ' $$t $(FUZZ_SECONDS); \
-	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	  build-fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=build-fuzz/$$t- \
 	    build-fuzz/corpus-$$t tests/fuzz/corpus/$$t > build-fuzz/fuzz_$$t.log 2>&1 \
 	    || { echo FAIL; tail -40 build-fuzz/fuzz_$$t.log; exit 1; }; \
 	  grep -m1 'stat::number_of_executed_units' build-fuzz/fuzz_$$t.log | sed 's/.*: *//; s/$$/ runs, no crash/'; \

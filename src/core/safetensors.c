@@ -334,7 +334,7 @@ static int by_begin(const void *a, const void *b) {
  * hole, nothing after the last. (Header order need not be data order: the
  * Hugging Face writer sorts the header by name.) */
 static int check_tiling(const mfres_safetensors *st, const char *path, byte_range *ranges, size_t data_len) {
-    qsort(ranges, (size_t)st->n_tensors, sizeof *ranges, by_begin);
+    if (st->n_tensors) qsort(ranges, (size_t)st->n_tensors, sizeof *ranges, by_begin); /* qsort(NULL, 0): UB */
     int64_t at = 0;
     for (int i = 0; i < st->n_tensors; i++) {
         const char *name = st->tensors[ranges[i].tensor].name;
