@@ -134,6 +134,17 @@ static void text_printf(text *t, const char *fmt, ...) {
     }
 }
 
+/* A JSON string: a data path may hold quotes or backslashes. */
+static void text_json_string(text *t, const char *s) {
+    text_printf(t, "\"");
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') text_printf(t, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20) text_printf(t, "\\u%04x", (unsigned char)*s);
+        else text_printf(t, "%c", *s);
+    }
+    text_printf(t, "\"");
+}
+
 static void append_tau(text *t, const mfres_model *m) {
     int P = m->particles;
     text_printf(t, ", \"tau\": [");
@@ -236,8 +247,11 @@ static int compare_settings(const mfres_safetensors *st, const char *path, const
             break;
         }
         if (!strcmp(was, settings[i].value)) continue;
-        text_printf(changes, "%s\"%s\": [\"%s\", \"%s\"]", changes->len ? ", " : "", settings[i].key, was,
-                    settings[i].value);
+        text_printf(changes, "%s\"%s\": [", changes->len ? ", " : "", settings[i].key);
+        text_json_string(changes, was);
+        text_printf(changes, ", ");
+        text_json_string(changes, settings[i].value);
+        text_printf(changes, "]");
         if (!run_change_allowed(cfg->allow_change, settings[i].key))
             text_printf(&refused, "%s%s: the run has %s, this command %s", refused.len ? "; " : "", settings[i].key,
                         was, settings[i].value);
