@@ -9,10 +9,7 @@
 
 static char tmpdir[256];
 
-static void make_tmpdir(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/mfres-test-io-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
+static void make_tmpdir(void) { test_tmpdir_make(tmpdir, sizeof tmpdir, "io"); }
 
 static void tmp_path(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", tmpdir, name); }
 
@@ -61,6 +58,7 @@ START_TEST(test_npy_round_trip) {
     long size = ftell(fp);
     ck_assert_int_eq((size - (long)sizeof m) % 64, 0);
     fclose(fp);
+    test_tmpdir_remove(tmpdir);
 }
 END_TEST
 
@@ -93,6 +91,7 @@ START_TEST(test_npy_float32_and_1d_and_fortran) {
     ck_assert_ok(mfres_npy_load_f64(path, &d, &r, &c));
     for (int i = 0; i < 6; i++) ck_assert(d[i] == i + 1);
     mfres_free(d);
+    test_tmpdir_remove(tmpdir);
 }
 END_TEST
 
@@ -135,9 +134,35 @@ START_TEST(test_npy_errors_name_the_file) {
     ck_assert_int_eq(mfres_npy_load_f64(path, &d, &r, &c), MFRES_EFORMAT);
     ck_assert_ptr_nonnull(strstr(mfres_last_error(), "dimensions"));
 
+    /* Trailing bytes after the array. */
+    tmp_path(path, sizeof path, "long.npy");
+    write_npy_raw(path, "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", v, sizeof v);
+    ck_assert_int_eq(mfres_npy_load_f64(path, &d, &r, &c), MFRES_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), path));
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), "8 bytes of trailing data"));
+
     tmp_path(path, sizeof path, "missing.npy");
     ck_assert_int_eq(mfres_npy_load_f64(path, &d, &r, &c), MFRES_EIO);
     ck_assert_ptr_nonnull(strstr(mfres_last_error(), path));
+    test_tmpdir_remove(tmpdir);
+}
+END_TEST
+
+/* A 192-byte file whose header promises 4 GiB: refused as truncated before any
+ * allocation (with the address space capped, allocating first fails as ENOMEM). */
+START_TEST(test_npy_forged_shape_allocates_nothing) {
+    make_tmpdir();
+    char path[512];
+    tmp_path(path, sizeof path, "forged.npy");
+    double v[16] = {0};
+    write_npy_raw(path, "{'descr': '<f8', 'fortran_order': False, 'shape': (65536, 8192), }", v, sizeof v);
+    test_limit_address_space((size_t)1 << 30);
+    double *d = NULL;
+    int r, c;
+    int rc = mfres_npy_load_f64(path, &d, &r, &c);
+    ck_assert_msg(rc == MFRES_EFORMAT, "returned %d: %s", rc, mfres_last_error());
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), "needs 4294967296 data bytes, found 128"));
+    test_tmpdir_remove(tmpdir);
 }
 END_TEST
 
@@ -168,6 +193,21 @@ START_TEST(test_csv_load) {
     write_bytes(path, two_headers, strlen(two_headers));
     ck_assert_int_eq(mfres_csv_load_f64(path, &d, &r, &c), MFRES_EFORMAT);
     ck_assert_ptr_nonnull(strstr(mfres_last_error(), ":2:"));
+
+    /* A broken first data row is not silently taken for a header. */
+    static const char *const broken_first[] = {"1,2x,3\n4,5,6\n", "1,,3\n4,5,6\n", "1;2;3\n4,5,6\n",
+                                               "x,2,y\n4,5,6\n"};
+    for (size_t i = 0; i < sizeof broken_first / sizeof broken_first[0]; i++) {
+        write_bytes(path, broken_first[i], strlen(broken_first[i]));
+        ck_assert_msg(mfres_csv_load_f64(path, &d, &r, &c) == MFRES_EFORMAT, "accepted %s", broken_first[i]);
+        ck_assert_ptr_nonnull(strstr(mfres_last_error(), ":1:"));
+    }
+    /* A header must name as many columns as the data holds. */
+    const char *short_header = "a,b\n1,2,3\n";
+    write_bytes(path, short_header, strlen(short_header));
+    ck_assert_int_eq(mfres_csv_load_f64(path, &d, &r, &c), MFRES_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(mfres_last_error(), "the header names 2"));
+    test_tmpdir_remove(tmpdir);
 }
 END_TEST
 
@@ -177,6 +217,7 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, test_npy_round_trip);
     tcase_add_test(tc, test_npy_float32_and_1d_and_fortran);
     tcase_add_test(tc, test_npy_errors_name_the_file);
+    tcase_add_test(tc, test_npy_forged_shape_allocates_nothing);
     tcase_add_test(tc, test_csv_load);
     suite_add_tcase(s, tc);
     return s;

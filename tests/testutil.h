@@ -37,6 +37,39 @@ static inline double test_rel_err_f64(const double *a, const double *b, size_t n
     return sqrt(num) / (sqrt(den) > 1e-300 ? sqrt(den) : 1e-300);
 }
 
+/* A private temporary directory, removed with everything in it by
+ * test_tmpdir_remove (call it at the end of the test that made it). */
+#include <ftw.h>
+#include <stdio.h>
+static inline int test_rm_entry_(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+static inline void test_tmpdir_make(char *dir, size_t cap, const char *tag) {
+    snprintf(dir, cap, "/tmp/mfres-test-%s-XXXXXX", tag);
+    ck_assert_msg(mkdtemp(dir) != NULL, "mkdtemp failed");
+}
+static inline void test_tmpdir_remove(char *dir) {
+    if (dir[0]) nftw(dir, test_rm_entry_, 8, FTW_DEPTH | FTW_PHYS);
+    dir[0] = '\0';
+}
+
+/* Caps this process's address space at its current size plus `extra` bytes,
+ * so that a reader which allocates what a forged header asks for fails with
+ * ENOMEM instead of quietly reserving gigabytes. Call only in a forked test. */
+#include <sys/resource.h>
+#include <unistd.h>
+static inline void test_limit_address_space(size_t extra) {
+    FILE *fp = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    ck_assert_msg(fp && fscanf(fp, "%lu", &pages) == 1, "cannot read /proc/self/statm");
+    fclose(fp);
+    struct rlimit lim;
+    ck_assert(getrlimit(RLIMIT_AS, &lim) == 0);
+    lim.rlim_cur = pages * (unsigned long)sysconf(_SC_PAGESIZE) + extra;
+    ck_assert_msg(setrlimit(RLIMIT_AS, &lim) == 0, "setrlimit failed");
+}
+
 #define MFRES_TEST_MAIN(make_suite_fn)                         \
     int main(void) {                                           \
         SRunner *sr = srunner_create(make_suite_fn());         \

@@ -65,7 +65,7 @@ typedef struct mfres_atomic_file {
     char tmp_path[4096 + 32];
 } mfres_atomic_file;
 int mfres_atomic_open(mfres_atomic_file *af, const char *path);
-int mfres_atomic_commit(mfres_atomic_file *af); /* closes, fsyncs, renames */
+int mfres_atomic_commit(mfres_atomic_file *af); /* closes, fsyncs, renames, fsyncs the directory */
 void mfres_atomic_abort(mfres_atomic_file *af); /* closes and removes the temporary */
 int mfres_write_file_atomic(const char *path, const void *data, size_t len);
 /* Creates a directory and its parents if missing. */

@@ -29,7 +29,9 @@ typedef struct mfres_train_config {
     int progress;              /* -1: bar on a terminal, lines otherwise; 0: lines; 1: bar */
     bool quiet;                /* no model summary, no progress */
     long inject_nan_step;      /* testing aid: poison the loss at this global step (0: never) */
-    bool resume;               /* continue from out_dir/state.safetensors if it exists */
+    bool resume;               /* continue the run in out_dir from its state.safetensors (which must exist) */
+    bool overwrite;            /* out_dir may hold a run: its run files are removed and training starts over */
+    char allow_change[256];    /* resume: comma-separated settings that may differ from the run's ("lr,threads") */
 } mfres_train_config;
 
 typedef struct mfres_train_result {
@@ -46,14 +48,20 @@ typedef struct mfres_train_result {
 void mfres_train_config_default(mfres_train_config *cfg);
 /* Writes cfg as JSON (the resolved configuration). */
 void mfres_train_config_write_json(const mfres_train_config *cfg, FILE *fp);
+/* Trains into cfg->out_dir. A directory that holds a run is refused
+ * (MFRES_EINVAL) unless cfg->resume or cfg->overwrite; so is a resume that
+ * changes a setting not listed in cfg->allow_change, or of a run without a
+ * state or already finished. A second process on the same directory is
+ * refused (MFRES_EIO). */
 int mfres_train(const mfres_train_config *cfg, mfres_train_result *res);
 
 /* Evaluates on every image of ds (running statistics; the last batch padded). */
 int mfres_evaluate(mfres_model *m, const mfres_dataset *ds, const float *mean, const float *std, double *loss,
                    double *acc);
 
-/* Sets the thread count for oneDNN (OpenMP) and OpenBLAS; 0 means all cores.
- * Returns the count in force. */
+/* Sets the thread count for oneDNN (OpenMP) and OpenBLAS; 0 means all cores,
+ * and more than the machine's cores is capped to them with a warning (more
+ * threads than cores only slows every step). Returns the count in force. */
 int mfres_set_threads(int threads);
 
 #endif

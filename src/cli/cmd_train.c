@@ -36,9 +36,13 @@ static void print_help(void) {
            "run:\n"
            "  --seed N              [0]\n"
            "  --threads N           [all cores]\n"
-           "  --out DIR             run directory [runs/<data>-resnet<depth>-<mode>]\n"
+           "  --out DIR             run directory [runs/<data>-resnet<depth>-<block>-<mode>-seed<N>];\n"
+           "                        one that already holds a run is refused unless --resume or --overwrite\n"
            "  --resume              continue the run in --out from its last complete epoch (same flags;\n"
            "                        --epochs may be raised); the result is bit-identical to an unbroken run\n"
+           "  --allow-change A,B    with --resume: let these settings differ from the run's (e.g. lr,threads);\n"
+           "                        any other change is refused. config.json's history records each change\n"
+           "  --overwrite           start over in an --out that holds a run (its run files are removed)\n"
            "  --progress bar|lines  [bar on a terminal, lines otherwise]\n"
            "  --quiet               only the final summary line\n"
            "\n"
@@ -80,6 +84,11 @@ int cmd_train(int argc, char **argv) {
             cfg.nesterov = true;
         } else if (!strcmp(argv[i], "--resume")) {
             cfg.resume = true;
+        } else if (!strcmp(argv[i], "--overwrite")) {
+            cfg.overwrite = true;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--allow-change", &v))) {
+            if (r < 0) return 2;
+            snprintf(cfg.allow_change, sizeof cfg.allow_change, "%s", v);
         } else if (!strcmp(argv[i], "--quiet")) {
             cfg.quiet = true;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--train-limit", &v))) {
@@ -146,11 +155,17 @@ int cmd_train(int argc, char **argv) {
     cli_model_tag(&cfg.model, tag, sizeof tag);
     if (!out_given) {
         int name_len = (int)strcspn(cfg.data, ":");
-        snprintf(cfg.out_dir, sizeof cfg.out_dir, "runs/%.*s-%s-%s", name_len, cfg.data, tag,
-                 mfres_mode_name(cfg.model.mode));
+        snprintf(cfg.out_dir, sizeof cfg.out_dir, "runs/%.*s-%s-%s-%s-seed%llu", name_len, cfg.data, tag,
+                 mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), (unsigned long long)cfg.seed);
     }
+    if (cfg.allow_change[0] && !cfg.resume) return cli_usage_error(cmd, "--allow-change only applies with --resume");
     mfres_train_result res;
     int rc = mfres_train(&cfg, &res);
+    /* A refused configuration (a run in the way, a resume that would change it) is a usage error. */
+    if (rc == MFRES_EINVAL) {
+        fprintf(stderr, "mfres %s: error: %s\n", cmd, mfres_last_error());
+        return 2;
+    }
     if (rc) return cli_runtime_error(cmd);
     printf("%s %s %s: test_acc=%.4f test_loss=%.4f train_loss=%.4f epochs=%d time_s=%.1f images_per_s=%.1f "
            "out=%s\n",

@@ -10,13 +10,16 @@
  * matrices with numpy scripts), and say exactly what we found otherwise:
  * a user who saved an int64 or a 3-D array should learn that from the message,
  * not from a wrong matrix. The host is assumed little-endian (x86-64, aarch64). */
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "mfres/core.h"
 #include "mfres/io.h"
@@ -153,13 +156,32 @@ int mfres_npy_load_f64(const char *path, double **data, int *rows, int *cols) {
         goto done;
     }
     size_t n = (size_t)r * (size_t)c;
+    /* The data must be exactly what the header promises, checked against the
+     * file's size before anything is allocated from the header's numbers. */
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) != 0) {
+        rc = mfres_fail(MFRES_EIO, "cannot stat %s: %s", path, strerror(errno));
+        goto done;
+    }
+    size_t data_start = hstart + hlen, file_size = (size_t)sb.st_size;
+    size_t data_bytes = file_size > data_start ? file_size - data_start : 0;
+    missing = "data its header promises";
+    if (data_bytes < n * (size_t)elem) {
+        rc = mfres_fail(MFRES_EFORMAT, "%s: truncated .npy file: shape %ld×%ld needs %zu data bytes, found %zu", path,
+                        r, c, n * (size_t)elem, data_bytes);
+        goto done;
+    }
+    if (data_bytes > n * (size_t)elem) {
+        rc = mfres_fail(MFRES_EFORMAT, "%s: %zu bytes of trailing data after the %ld×%ld array (%zu data bytes)", path,
+                        data_bytes - n * (size_t)elem, r, c, n * (size_t)elem);
+        goto done;
+    }
     raw = malloc(n ? n * (size_t)elem : 1);
     out = mfres_alloc(n * sizeof(double), path);
     if (!raw || !out) {
         rc = mfres_fail(MFRES_ENOMEM, "out of memory reading %s (%ld×%ld)", path, r, c);
         goto done;
     }
-    missing = "data its header promises";
     if (fread(raw, (size_t)elem, n, fp) != n) goto truncated;
 
     for (size_t i = 0; i < (size_t)r; i++)
@@ -247,6 +269,37 @@ static long csv_parse_line(char *line, double *vals, long cap) {
     return n;
 }
 
+/* A header is clearly text: every field non-empty, none of them a number, and
+ * at least one letter. "1,2x,3" or "1,,3" is a broken data row, not a header.
+ * Returns the number of fields, or -1 if the line is not a header. */
+static long csv_header_fields(const char *line) {
+    long n = 0;
+    const char *p = line;
+    bool letter = false;
+    for (;;) {
+        while (*p == ' ' || *p == '\t') p++;
+        const char *field = p;
+        while (*p && *p != ',') {
+            if (isalpha((unsigned char)*p)) letter = true;
+            p++;
+        }
+        const char *end = p;
+        while (end > field && (end[-1] == ' ' || end[-1] == '\t')) end--;
+        if (end == field) return -1;
+        char buf[64];
+        size_t len = (size_t)(end - field) < sizeof buf - 1 ? (size_t)(end - field) : sizeof buf - 1;
+        memcpy(buf, field, len);
+        buf[len] = '\0';
+        char *e = NULL;
+        strtod(buf, &e);
+        if (e != buf && *e == '\0') return -1; /* a number among the names */
+        n++;
+        if (!*p) break;
+        p++;
+    }
+    return letter ? n : -1;
+}
+
 int mfres_csv_load_f64(const char *path, double **data, int *rows, int *cols) {
     *data = NULL;
     *rows = *cols = 0;
@@ -257,7 +310,7 @@ int mfres_csv_load_f64(const char *path, double **data, int *rows, int *cols) {
     size_t line_cap = 0;
     double *out = NULL;
     size_t out_cap = 0, count = 0;
-    long ncol = -1, nrow = 0, lineno = 0;
+    long ncol = -1, nrow = 0, lineno = 0, header_cols = 0;
     int seen_first = 0;
 
     ssize_t len;
@@ -269,14 +322,21 @@ int mfres_csv_load_f64(const char *path, double **data, int *rows, int *cols) {
         if (*s == '\0') continue; /* blank lines (a trailing newline) carry no row */
         long n = csv_parse_line(s, NULL, 0);
         if (n < 0) {
-            if (!seen_first) { /* the single optional header line */
+            if (!seen_first && (header_cols = csv_header_fields(s)) > 0) { /* the single optional header line */
                 seen_first = 1;
                 continue;
             }
-            rc = mfres_fail(MFRES_EFORMAT, "%s:%ld: not a comma-separated list of numbers: '%.80s'", path, lineno, s);
+            rc = mfres_fail(MFRES_EFORMAT, "%s:%ld: not a comma-separated list of numbers%s: '%.80s'", path, lineno,
+                            seen_first ? "" : " (nor a header of names)", s);
             goto done;
         }
         seen_first = 1;
+        if (header_cols > 0 && header_cols != n) {
+            rc = mfres_fail(MFRES_EFORMAT, "%s:%ld: %ld columns, but the header names %ld", path, lineno, n,
+                            header_cols);
+            goto done;
+        }
+        header_cols = 0;
         if (ncol < 0) ncol = n;
         if (n != ncol) {
             rc = mfres_fail(MFRES_EFORMAT, "%s:%ld: %ld columns, but the first data row has %ld", path, lineno, n,

@@ -2,6 +2,7 @@
 #include "mfres/core.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -38,6 +39,23 @@ int mfres_atomic_open(mfres_atomic_file *af, const char *path) {
     return MFRES_OK;
 }
 
+/* The rename lives in the directory's entries: until the directory itself is
+ * synced, a power cut can bring back the old file (or none). */
+static int fsync_parent(const char *path) {
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return mfres_fail(MFRES_EIO, "cannot open directory %s to sync it: %s", dir, strerror(errno));
+    int failed = fsync(fd) != 0 && errno != EINVAL; /* EINVAL: a file system without directory sync */
+    int saved = errno;
+    close(fd);
+    if (failed) return mfres_fail(MFRES_EIO, "cannot sync directory %s: %s", dir, strerror(saved));
+    return MFRES_OK;
+}
+
 int mfres_atomic_commit(mfres_atomic_file *af) {
     if (!af->fp) return mfres_fail(MFRES_EIO, "%s: file not open", af->path);
     int failed = ferror(af->fp) || fflush(af->fp) != 0 || fsync(fileno(af->fp)) != 0;
@@ -53,7 +71,7 @@ int mfres_atomic_commit(mfres_atomic_file *af) {
         remove(af->tmp_path);
         return mfres_fail(MFRES_EIO, "cannot rename %s to %s: %s", af->tmp_path, af->path, strerror(saved));
     }
-    return MFRES_OK;
+    return fsync_parent(af->path);
 }
 
 void mfres_atomic_abort(mfres_atomic_file *af) {

@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 enum { IDX_IMAGES_MAGIC = 2051, IDX_LABELS_MAGIC = 2049, IDX_NUM_CLASSES = 10 };
@@ -24,15 +25,24 @@ enum { IDX_IMAGES_MAGIC = 2051, IDX_LABELS_MAGIC = 2049, IDX_NUM_CLASSES = 10 };
 #define BIG_READ ((size_t)1 << 30)
 #define TAIL_BYTES GZ_BUFFER
 
+/* Deflate never inflates more than 1032 bytes per compressed byte (zlib FAQ):
+ * the most a .gz file of a given size can promise. */
+#define DEFLATE_MAX_RATIO 1032
+
 typedef struct idx_file {
     gzFile gz;
     const char *path;
-    size_t consumed; /* uncompressed bytes read so far */
+    size_t consumed;  /* uncompressed bytes read so far */
+    size_t file_size; /* on disk (compressed, for .gz) */
+    uLong crc;        /* CRC-32 of the uncompressed bytes read so far */
 } idx_file;
 
 static int idx_open(idx_file *f, const char *path) {
     f->path = path;
     f->consumed = 0;
+    f->crc = crc32(0L, Z_NULL, 0);
+    struct stat sb;
+    f->file_size = stat(path, &sb) == 0 ? (size_t)sb.st_size : 0;
     errno = 0;
     f->gz = gzopen(path, "rb");
     if (!f->gz)
@@ -65,6 +75,7 @@ static int idx_read(idx_file *f, void *buf, size_t len, size_t max_chunk, size_t
             return mfres_fail(MFRES_EFORMAT, "%s: corrupt gzip data: %s", f->path, msg);
         }
         if (r == 0) break;
+        f->crc = crc32(f->crc, p + *got, (uInt)r);
         *got += (size_t)r;
     }
     f->consumed += *got;
@@ -98,6 +109,47 @@ static bool gz_cut_short(const idx_file *f) {
 static const char *compressed_note(const idx_file *f) {
     if (gzdirect(f->gz)) return "";
     return gz_cut_short(f) ? " (uncompressed; the gzip stream ends early)" : " (uncompressed)";
+}
+
+/* Whether `len` payload bytes after a header of hdr_len can be in the file at
+ * all, asked before anything is allocated for them: a raw file must hold them,
+ * a gzip file must be large enough to inflate to them. */
+static int idx_check_promise(const idx_file *f, size_t len, size_t hdr_len) {
+    size_t want = hdr_len + len;
+    if (gzdirect(f->gz)) {
+        if (want > f->file_size)
+            return mfres_fail(MFRES_EFORMAT, "%s: file is truncated: expected %zu bytes, found %zu", f->path, want,
+                              f->file_size);
+        return MFRES_OK;
+    }
+    if (f->file_size <= SIZE_MAX / DEFLATE_MAX_RATIO && want > f->file_size * DEFLATE_MAX_RATIO)
+        return mfres_fail(MFRES_EFORMAT,
+                          "%s: truncated or corrupt: the header promises %zu bytes, more than a gzip file of %zu "
+                          "bytes can hold (at most %zu)",
+                          f->path, want, f->file_size, f->file_size * DEFLATE_MAX_RATIO);
+    return MFRES_OK;
+}
+
+/* zlib's gzread stops at the end of the gzip stream and ignores whatever
+ * follows it, so a file with trailing garbage would pass. The stream's own
+ * trailer (CRC-32 and length of everything inflated) must therefore be the
+ * file's last 8 bytes. (A multi-member gzip file, as `cat a.gz b.gz` makes,
+ * ends in its last member's trailer and is refused too.) */
+static int idx_check_gzip_end(const idx_file *f) {
+    if (gzdirect(f->gz)) return MFRES_OK;
+    unsigned char t[8];
+    FILE *fp = fopen(f->path, "rb");
+    bool read_ok = fp && fseek(fp, -8, SEEK_END) == 0 && fread(t, 1, 8, fp) == 8;
+    if (fp) fclose(fp);
+    if (!read_ok) return mfres_fail(MFRES_EIO, "cannot read the end of %s", f->path);
+    uint32_t crc = (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 | (uint32_t)t[3] << 24;
+    uint32_t isize = (uint32_t)t[4] | (uint32_t)t[5] << 8 | (uint32_t)t[6] << 16 | (uint32_t)t[7] << 24;
+    if (crc != (uint32_t)f->crc || isize != (uint32_t)f->consumed)
+        return mfres_fail(MFRES_EFORMAT,
+                          "%s: trailing bytes after the gzip stream (the file does not end with the stream's CRC and "
+                          "length; a multi-member gzip file is not supported either)",
+                          f->path);
+    return MFRES_OK;
 }
 
 /* Reads the header (hdr_len bytes) and checks the magic number. */
@@ -151,7 +203,7 @@ static int idx_read_payload(idx_file *f, void *buf, size_t len, size_t hdr_len) 
     if (extra)
         return mfres_fail(MFRES_EFORMAT, "%s: trailing data: expected %zu bytes, found %zu%s", f->path, hdr_len + len,
                           hdr_len + len + extra, compressed_note(f));
-    return MFRES_OK;
+    return idx_check_gzip_end(f);
 }
 
 int mfres_dataset_load_idx(mfres_dataset *ds, const char *images_path, const char *labels_path) {
@@ -187,6 +239,7 @@ int mfres_dataset_load_idx(mfres_dataset *ds, const char *images_path, const cha
         goto fail;
     }
     size_t pixel_bytes = image_bytes * n;
+    if ((rc = idx_check_promise(&fi, pixel_bytes, sizeof hi)) || (rc = idx_check_promise(&fl, n, sizeof hl))) goto fail;
 
     ds->pixels = mfres_alloc(pixel_bytes, "IDX pixels");
     ds->labels = mfres_alloc(n, "IDX labels");

@@ -9,6 +9,7 @@
 #include "mfres/train.h"
 
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <stdarg.h>
@@ -21,6 +22,7 @@
 #include "mfres/optim.h"
 #include "mfres/progress.h"
 #include "mfres/safetensors.h"
+#include "train/run_dir.h"
 
 void openblas_set_num_threads(int num_threads);
 
@@ -44,7 +46,12 @@ void mfres_train_config_default(mfres_train_config *cfg) {
 }
 
 int mfres_set_threads(int threads) {
-    if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads <= 0) threads = cores;
+    if (cores > 0 && threads > cores) {
+        mfres_log("warning: %d threads asked for, but this machine has %d cores: using %d", threads, cores, cores);
+        threads = cores;
+    }
     if (threads <= 0) threads = 1;
     omp_set_num_threads(threads);
     openblas_set_num_threads(threads);
@@ -132,6 +139,17 @@ static void text_printf(text *t, const char *fmt, ...) {
     }
 }
 
+/* A JSON string: a data path may hold quotes or backslashes. */
+static void text_json_string(text *t, const char *s) {
+    text_printf(t, "\"");
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') text_printf(t, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20) text_printf(t, "\\u%04x", (unsigned char)*s);
+        else text_printf(t, "%c", *s);
+    }
+    text_printf(t, "\"");
+}
+
 static void append_tau(text *t, const mfres_model *m) {
     int P = m->particles;
     text_printf(t, ", \"tau\": [");
@@ -149,25 +167,17 @@ static void append_tau(text *t, const mfres_model *m) {
     text_printf(t, "]");
 }
 
-static int write_config(const mfres_train_config *cfg, const char *dir) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    mfres_atomic_file af;
-    int rc = mfres_atomic_open(&af, path);
-    if (rc) return rc;
-    mfres_train_config_write_json(cfg, af.fp);
-    return mfres_atomic_commit(&af);
-}
-
 /* ---- resume: DIR/state.safetensors holds everything a run needs to go on
  * exactly as if it had not stopped: the model's tensors, the momentum
  * buffers, the epochs and steps done. It is written last in each epoch, so
  * its presence marks the epoch complete. The data order and augmentation
  * depend only on (seed, epoch), so a resumed run repeats the same batches. */
 
-enum { STATE_VERSION = 1 };
+/* Version 2 records every setting (run_settings) as "setting.KEY"; version 1
+ * only this fingerprint, which is still honoured. */
+enum { STATE_VERSION = 2 };
 
-/* What must match between the run that wrote a state and the one resuming it. */
+/* What had to match for a version-1 state. */
 static void fingerprint(const mfres_train_config *c, const char *data_name, char *buf, size_t cap) {
     snprintf(buf, cap, "data=%s depth=%d block=%s mode=%s tau_init=%s width=%d batch=%d seed=%llu", data_name,
              c->model.depth, mfres_block_name(c->model.block), mfres_mode_name(c->model.mode),
@@ -180,7 +190,7 @@ static void fingerprint(const mfres_train_config *c, const char *data_name, char
 }
 
 static int save_state(const char *dir, const mfres_model *m, const mfres_optimizer *opt, int epochs_done, long steps,
-                      const char *print) {
+                      int epochs, const run_setting *settings, int n_settings) {
     enum { MAX_EXTRA = 2 };
     mfres_st_write *w = malloc(sizeof *w * (m->n_tensors + MAX_EXTRA));
     char(*names)[80] = malloc(sizeof *names * m->n_tensors);
@@ -196,13 +206,18 @@ static int save_state(const char *dir, const mfres_model *m, const mfres_optimiz
     int64_t n_params = (int64_t)m->n_params, n_tau = m->n_tau;
     w[n++] = (mfres_st_write){"optimizer.velocity", 1, &n_params, opt->velocity};
     if (n_tau) w[n++] = (mfres_st_write){"optimizer.tau_velocity", 1, &n_tau, opt->tau_velocity};
-    mfres_st_meta meta[5];
+    mfres_st_meta meta[5 + RUN_MAX_SETTINGS];
     int n_meta = 0;
     mfres_st_meta_put(meta, &n_meta, "format", "mfres-train-state");
     mfres_st_meta_put(meta, &n_meta, "format_version", "%d", STATE_VERSION);
     mfres_st_meta_put(meta, &n_meta, "epochs_done", "%d", epochs_done);
     mfres_st_meta_put(meta, &n_meta, "steps", "%ld", steps);
-    mfres_st_meta_put(meta, &n_meta, "run", "%s", print);
+    mfres_st_meta_put(meta, &n_meta, "epochs", "%d", epochs);
+    for (int i = 0; i < n_settings; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "setting.%s", settings[i].key);
+        mfres_st_meta_put(meta, &n_meta, key, "%s", settings[i].value);
+    }
     char path[4200];
     snprintf(path, sizeof path, "%s/state.safetensors", dir);
     int rc = mfres_safetensors_save(path, w, n, meta, n_meta);
@@ -210,45 +225,105 @@ static int save_state(const char *dir, const mfres_model *m, const mfres_optimiz
     return rc;
 }
 
-/* Returns 1 and fills the model and optimiser if DIR/state.safetensors exists,
- * 0 if there is none, or an error if it exists but does not fit this run. */
-static int load_state(const char *dir, mfres_model *m, mfres_optimizer *opt, int *epochs_done, long *steps,
-                      const char *print) {
+/* A metadata integer in [min, max], or an error naming the key: a damaged
+ * state is never read as 0. */
+static int state_long(const mfres_safetensors *st, const char *path, const char *key, long min, long max, long *out) {
+    const char *v = mfres_safetensors_meta(st, key);
+    if (!v) return mfres_fail(MFRES_EFORMAT, "%s: metadata '%s' is missing (not an mfres training state?)", path, key);
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < min || x > max)
+        return mfres_fail(MFRES_EFORMAT, "%s: metadata '%s' should be an integer in [%ld, %ld], found '%s'", path, key,
+                          min, max, v);
+    *out = x;
+    return MFRES_OK;
+}
+
+/* The settings of the run in the state against this command's: each difference
+ * is refused unless allowed, and written (allowed or not) into `changes` as
+ * JSON members "key": ["old", "new"] for config.json's history. */
+static int compare_settings(const mfres_safetensors *st, const char *path, const mfres_train_config *cfg,
+                            const run_setting *settings, int n_settings, text *changes) {
+    text refused = {0};
+    int rc = MFRES_OK;
+    for (int i = 0; i < n_settings && !rc; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "setting.%s", settings[i].key);
+        const char *was = mfres_safetensors_meta(st, key);
+        if (!was) {
+            rc = mfres_fail(MFRES_EFORMAT, "%s: metadata '%s' is missing", path, key);
+            break;
+        }
+        if (!strcmp(was, settings[i].value)) continue;
+        text_printf(changes, "%s\"%s\": [", changes->len ? ", " : "", settings[i].key);
+        text_json_string(changes, was);
+        text_printf(changes, ", ");
+        text_json_string(changes, settings[i].value);
+        text_printf(changes, "]");
+        if (!run_change_allowed(cfg->allow_change, settings[i].key))
+            text_printf(&refused, "%s%s: the run has %s, this command %s", refused.len ? "; " : "", settings[i].key,
+                        was, settings[i].value);
+    }
+    if (!rc && refused.len)
+        rc = mfres_fail(MFRES_EINVAL,
+                        "--resume of %s would change the result: %s. HINT: resume with the run's settings (in its "
+                        "config.json), or allow the change explicitly, e.g. --allow-change lr,threads",
+                        cfg->out_dir, refused.buf);
+    free(refused.buf);
+    return rc;
+}
+
+/* Fills the model and optimiser from DIR/state.safetensors (which exists: run_dir_open checked). */
+static int load_state(const mfres_train_config *cfg, mfres_model *m, mfres_optimizer *opt, int *epochs_done,
+                      long *steps, const char *print, const run_setting *settings, int n_settings, text *changes,
+                      int *epochs_before) {
     char path[4200];
-    snprintf(path, sizeof path, "%s/state.safetensors", dir);
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return 0;
-    fclose(fp);
+    snprintf(path, sizeof path, "%s/state.safetensors", cfg->out_dir);
     mfres_safetensors st;
     int rc = mfres_safetensors_load(&st, path);
     if (rc) return rc;
-    const char *fmt = mfres_safetensors_meta(&st, "format"), *ver = mfres_safetensors_meta(&st, "format_version");
-    const char *run = mfres_safetensors_meta(&st, "run"), *ep = mfres_safetensors_meta(&st, "epochs_done");
-    const char *sp = mfres_safetensors_meta(&st, "steps");
-    if (!fmt || strcmp(fmt, "mfres-train-state") || !ver || !run || !ep || !sp) {
-        rc = mfres_fail(MFRES_EFORMAT, "%s: not an mfres training state (metadata missing)", path);
-    } else if (atoi(ver) != STATE_VERSION) {
-        rc = mfres_fail(MFRES_EFORMAT, "%s: training state version %s, expected %d", path, ver, STATE_VERSION);
-    } else if (strcmp(run, print)) {
-        rc = mfres_fail(MFRES_EINVAL,
-                        "%s was written by a different run (%s); this run is (%s). HINT: resume with the same "
-                        "flags, or choose another --out",
-                        path, run, print);
+    const char *fmt = mfres_safetensors_meta(&st, "format");
+    long version = 0, done = 0, nsteps = 0, epochs = cfg->epochs;
+    if (!fmt || strcmp(fmt, "mfres-train-state")) {
+        rc = mfres_fail(MFRES_EFORMAT, "%s: not an mfres training state (metadata format is '%s')", path,
+                        fmt ? fmt : "(none)");
+    } else if (!(rc = state_long(&st, path, "format_version", 1, STATE_VERSION, &version)) &&
+               !(rc = state_long(&st, path, "epochs_done", 1, 100000, &done)) &&
+               !(rc = state_long(&st, path, "steps", 1, 1L << 50, &nsteps))) {
+        if (version >= 2) {
+            rc = state_long(&st, path, "epochs", 1, 100000, &epochs);
+            if (!rc) rc = compare_settings(&st, path, cfg, settings, n_settings, changes);
+        } else {
+            const char *run = mfres_safetensors_meta(&st, "run");
+            if (!run || strcmp(run, print))
+                rc = mfres_fail(MFRES_EINVAL,
+                                "%s was written by a different run (%s); this run is (%s). HINT: resume with the same "
+                                "flags, or choose another --out",
+                                path, run ? run : "(none)", print);
+        }
     }
+    if (!rc && done >= cfg->epochs)
+        rc = mfres_fail(MFRES_EINVAL,
+                        "--resume: the run in %s has finished: %ld of %d epochs done. HINT: raise --epochs to train "
+                        "it further",
+                        cfg->out_dir, done, cfg->epochs);
     char name[80];
     for (int i = 0; !rc && i < m->n_tensors; i++) {
         snprintf(name, sizeof name, "model.%s", m->tensors[i].name);
-        rc = mfres_safetensors_copy_f32(&st, path, name, m->tensors[i].data, m->tensors[i].numel);
+        rc = mfres_safetensors_copy_f32_shaped(&st, path, name, m->tensors[i].data, m->tensors[i].ndim,
+                                               m->tensors[i].shape);
     }
     if (!rc) rc = mfres_safetensors_copy_f32(&st, path, "optimizer.velocity", opt->velocity, m->n_params);
     if (!rc && m->n_tau) rc = mfres_safetensors_copy_f32(&st, path, "optimizer.tau_velocity", opt->tau_velocity, (size_t)m->n_tau);
     if (!rc) {
-        *epochs_done = atoi(ep);
-        *steps = atol(sp);
+        *epochs_done = (int)done;
+        *steps = nsteps;
+        *epochs_before = (int)epochs;
         mfres_model_sort_blocks(m);
     }
     mfres_safetensors_free(&st);
-    return rc ? rc : 1;
+    return rc;
 }
 
 /* The first `lines` lines of DIR/metrics.jsonl, into t (a resumed run appends to them). */
@@ -299,6 +374,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
     mfres_model m;
     mfres_optimizer opt = {0};
     mfres_loader *loader = NULL;
+    run_dir dir = {.lock_fd = -1};
     text metrics = {0};
     char path[4200];
     if ((rc = mfres_model_create(&m, &cfg.model, cfg.seed))) {
@@ -313,23 +389,35 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
                               .flip = cfg.flip && cfg.augment, .drop_last = true, .seed = cfg.seed,
                               .mean = data.mean, .std = data.std};
     if ((rc = mfres_loader_create(&loader, &train_set, &lc))) goto done;
-    if ((rc = mfres_mkdir_p(cfg.out_dir))) goto done;
+    if ((rc = run_check_allow_list(cfg.allow_change))) goto done;
+    if ((rc = run_dir_open(&dir, &cfg))) goto done;
     char print[512];
     fingerprint(&cfg, data.name, print, sizeof print);
+    run_setting settings[RUN_MAX_SETTINGS];
+    int n_settings = run_settings(&cfg, &data, settings);
     int first_epoch = 0;
+    char *history_entry = NULL;
     if (cfg.resume) {
-        rc = load_state(cfg.out_dir, &m, &opt, &first_epoch, &res->steps, print);
-        if (rc < 0) goto done;
-        if (rc == 1) {
+        text changes = {0}, entry = {0};
+        int epochs_before = cfg.epochs;
+        rc = load_state(&cfg, &m, &opt, &first_epoch, &res->steps, print, settings, n_settings, &changes,
+                        &epochs_before);
+        if (!rc) {
             read_metrics(cfg.out_dir, first_epoch, &metrics);
             if (show) mfres_log("resuming %s after epoch %d (step %ld)", cfg.out_dir, first_epoch, res->steps);
-        } else if (show) {
-            mfres_log("no training state in %s: starting from scratch", cfg.out_dir);
+            if (epochs_before != cfg.epochs)
+                text_printf(&changes, "%s\"epochs\": [%d, %d]", changes.len ? ", " : "", epochs_before, cfg.epochs);
+            text_printf(&entry, "{\"resumed_after_epoch\": %d, \"step\": %ld, \"changed\": {%s}}", first_epoch,
+                        res->steps, changes.buf ? changes.buf : "");
+            history_entry = entry.buf;
         }
-        rc = MFRES_OK;
+        free(changes.buf);
+        if (rc) goto done;
     }
     /* Written after the resume check, so a refused resume leaves the run's files as they were. */
-    if ((rc = write_config(&cfg, cfg.out_dir))) goto done;
+    rc = run_write_config(&cfg, cfg.out_dir, history_entry);
+    free(history_entry);
+    if (rc) goto done;
     if (show) mfres_log("run directory: %s (threads %d, seed %llu)", cfg.out_dir, cfg.threads,
                         (unsigned long long)cfg.seed);
 
@@ -400,11 +488,13 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
         if ((rc = mfres_write_file_atomic(path, metrics.buf, metrics.len))) goto done;
         snprintf(path, sizeof path, "%s/model.safetensors", cfg.out_dir);
         if ((rc = mfres_model_save(&m, path, data.name, data.mean, data.std))) goto done;
-        if ((rc = save_state(cfg.out_dir, &m, &opt, epoch + 1, res->steps, print))) goto done;
+        if ((rc = save_state(cfg.out_dir, &m, &opt, epoch + 1, res->steps, cfg.epochs, settings, n_settings)))
+            goto done;
     }
     res->total_seconds = mfres_now() - t_start;
     rc = MFRES_OK;
 done:
+    run_dir_close(&dir);
     free(metrics.buf);
     mfres_loader_free(loader);
     mfres_optimizer_free(&opt);
