@@ -14,6 +14,7 @@ packages=(
   python3-torch python3-numpy   # reference implementation for the tests
   gnuplot-nox          # plots
   time                 # peak-memory measurement in bench/
+  libopenmpi-dev openmpi-bin   # data-parallel training (mpirun -np N mfres train)
 )
 
 missing=()

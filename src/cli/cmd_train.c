@@ -5,6 +5,7 @@
 #include "cli/cli.h"
 #include "cli/model_flags.h"
 #include "mfres/core.h"
+#include "mfres/dist.h"
 #include "mfres/train.h"
 
 static void print_help(void) {
@@ -41,6 +42,8 @@ static void print_help(void) {
            "                        --epochs may be raised); the result is bit-identical to an unbroken run\n"
            "  --progress bar|lines  [bar on a terminal, lines otherwise]\n"
            "  --quiet               only the final summary line\n"
+           "data parallel (mpirun -np N mfres train ..., docs/DISTRIBUTED.md; --batch stays global):\n"
+           "  --sync-bn             batch-norm statistics over all ranks' batch [per rank, as PyTorch's DDP]\n"
            "\n"
            "The paper's CIFAR-10 recipe: --data cifar10 --epochs 160 --milestones 80,120 --wd 1e-4\n",
            cli_model_flags_help);
@@ -82,6 +85,12 @@ int cmd_train(int argc, char **argv) {
             cfg.resume = true;
         } else if (!strcmp(argv[i], "--quiet")) {
             cfg.quiet = true;
+        } else if (!strcmp(argv[i], "--sync-bn")) {
+            cfg.sync_bn = true;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--inject-drift-step", &v))) {
+            /* Testing aid (not in --help): the last rank nudges one weight at this global step. */
+            if (r < 0 || cli_parse_long(cmd, "--inject-drift-step", v, 1, 1L << 40, &x)) return 2;
+            cfg.inject_drift_step = x;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--train-limit", &v))) {
             if (r < 0 || cli_parse_long(cmd, "--train-limit", v, 1, 1L << 30, &x)) return 2;
             cfg.train_limit = (int)x;
@@ -146,12 +155,39 @@ int cmd_train(int argc, char **argv) {
         snprintf(cfg.out_dir, sizeof cfg.out_dir, "runs/%.*s-resnet%d-%s", name_len, cfg.data, cfg.model.depth,
                  mfres_mode_name(cfg.model.mode));
     }
+    /* Under mpirun this process is one rank of a job (MPI_Init happens here). */
+    mfres_dist dist;
+    if (mfres_dist_init(&dist, &argc, &argv)) return cli_runtime_error(cmd);
+    if (cfg.sync_bn && strcmp(dist.backend, "mpi")) {
+        mfres_dist_finalize(&dist);
+        return cli_usage_error(cmd, "--sync-bn sums batch-norm statistics over the ranks of an MPI job; %s",
+                               mfres_dist_have_mpi() ? "run it under mpirun -np N"
+                                                     : "this mfres was built without MPI (install libopenmpi-dev, "
+                                                       "rebuild) and must run under mpirun -np N");
+    }
+    cfg.dist = &dist;
     mfres_train_result res;
     int rc = mfres_train(&cfg, &res);
-    if (rc) return cli_runtime_error(cmd);
-    printf("resnet%d %s %s: test_acc=%.4f test_loss=%.4f train_loss=%.4f epochs=%d time_s=%.1f images_per_s=%.1f "
-           "out=%s\n",
-           cfg.model.depth, mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), res.test_acc,
-           res.test_loss, res.train_loss, res.epochs_done, res.total_seconds, res.images_per_s, cfg.out_dir);
+    if (rc) {
+        if (dist.size > 1) {
+            /* One rank's failure ends the job: the others may be waiting for it in a collective. */
+            fprintf(stderr, "mfres %s: error on rank %d of %d: %s\n", cmd, dist.rank, dist.size, mfres_last_error());
+            dist.abort(&dist, 1);
+        }
+        mfres_dist_finalize(&dist);
+        return cli_runtime_error(cmd);
+    }
+    if (dist.rank == 0) {
+        printf("resnet%d %s %s: test_acc=%.4f test_loss=%.4f train_loss=%.4f epochs=%d time_s=%.1f "
+               "images_per_s=%.1f ",
+               cfg.model.depth, mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), res.test_acc,
+               res.test_loss, res.train_loss, res.epochs_done, res.total_seconds, res.images_per_s);
+        if (dist.size > 1)
+            printf("ranks=%d comm_share=%.3f model_hash=%016llx ", dist.size,
+                   res.train_seconds > 0 ? res.comm_seconds / res.train_seconds : 0.0,
+                   (unsigned long long)res.model_hash);
+        printf("out=%s\n", cfg.out_dir);
+    }
+    mfres_dist_finalize(&dist);
     return 0;
 }

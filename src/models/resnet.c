@@ -501,6 +501,11 @@ int mfres_model_last_reorders(const mfres_model *m) { return m->impl->last_reord
 /* ------------------------------------------------------------------------ */
 /* forward */
 
+void mfres_model_set_sync_bn(mfres_model *m, int (*allreduce_sum)(double *x, size_t n, void *arg), void *arg,
+                             int ranks) {
+    m->impl->ctx.bn_sync = (nn_bn_sync){.allreduce_sum = allreduce_sum, .arg = arg, .ranks = ranks};
+}
+
 static block_params *block_params_at(const mfres_model *m, const block_pos *b) {
     return &m->impl->net.blocks[b->stage * m->blocks_per_stage + resnet_block_at(m, b->stage, b->index)];
 }
@@ -562,9 +567,7 @@ static int block_forward(mfres_model *m, block_pos *b, const act *x) {
         /* BN2, the shortcut add and the ReLU in two passes over t2 (src/nn/bn_residual.c). */
         int HW = s.h_out * s.w_out;
         float *mean = b->bn2_stats, *var = b->bn2_stats + C;
-        STEP_VOID("batch norm statistics", st, 0,
-                  nn_batchnorm_statistics(mean, var, b->t2.data, m->cfg.batch, C, HW, ctx->block));
-        nn_batchnorm_update_running(&b->bn2, mom);
+        STEP("batch norm statistics", st, 0, nn_batchnorm_train_statistics(&b->bn2, ctx, b->t2.data, mom));
         STEP_VOID("batch norm+residual add+relu", st, 0,
                   nn_bn_residual_relu_forward(b->out.data, b->out_mask, shortcut, b->t2.data, mean, var, b->bn2_scaled,
                                               b->bn2_scaled + C, m->cfg.bn_eps, m->cfg.batch, C, HW, ctx->block));
