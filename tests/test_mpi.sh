@@ -69,6 +69,13 @@ below "$d" 3e-2; check "per-rank batch norm: losses within 3e-2 of one process (
 $PY tests/tools/compare_models.py "$tmp/one/model.safetensors" "$tmp/ddp/model.safetensors" --min 2e-3
 check "per-rank batch norm: model differs from one process by more than 2e-3" $?
 
+# Pre-activation blocks (every batch norm on oneDNN) and mean-field tau gradients, summed over ranks.
+pre=(--model resnet14 --block preact --train-limit 192 --test-limit 256 --batch 64 --augment --threads 1 --quiet --seed 7)
+mpi 1 $MFRES train "${pre[@]}" --sync-bn --out "$tmp/pre1" >/dev/null 2>&1 &&
+  mpi 2 $MFRES train "${pre[@]}" --sync-bn --out "$tmp/pre2" >/dev/null 2>&1 &&
+  $PY tests/tools/compare_models.py "$tmp/pre1/model.safetensors" "$tmp/pre2/model.safetensors" --max 2e-5
+check "--sync-bn, preact ResNet-14, mean-field: two ranks equal one within 2e-5" $?
+
 # ---- every rank holds the same bits ----
 grep -q "model_hash=" "$tmp/sync.txt"; check "the epoch-end check of identical ranks ran" $?
 expect_fail nonzero "a 1-ulp drift on one rank is caught" "differs between ranks" \
