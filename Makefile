@@ -22,6 +22,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
+BENCH_BIN := $(BUILD)/tools/allreduce_bench
 
 .PHONY: all test run setup features clean bench
 all: features $(BUILD)/mfres $(BUILD)/libmfres.a
@@ -58,6 +59,10 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmfres.a tests/testutil.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
 
+$(BUILD)/tools/%: bench/%.c $(BUILD)/libmfres.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmfres.a $(LDLIBS)
+
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libmfres.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libmfres.a $(LDLIBS)
@@ -74,7 +79,7 @@ run: setup
 	@$(MAKE) --no-print-directory all
 	./$(BUILD)/mfres train
 
-bench: all
+bench: all $(BENCH_BIN)
 	bash bench/compare_pytorch.sh
 
 clean:
