@@ -5,9 +5,16 @@ OPT ?= -O3 -march=native
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g $(OPT) -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP $(EXTRA_CFLAGS)
 LDLIBS := -ldnnl -lopenblas -llapacke -lz -lm -lpthread
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
+# MPI (data-parallel training, src/dist/mpi.c) when mpicc is found and MFRES_NO_MPI is unset;
+# without it the single-process backend alone is built.
+MPICC_FOUND := $(if $(MFRES_NO_MPI),,$(shell command -v mpicc 2>/dev/null))
+MPI_CFLAGS := $(if $(MPICC_FOUND),$(patsubst -I%,-isystem %,$(shell mpicc --showme:compile 2>/dev/null || pkg-config --cflags mpi 2>/dev/null)))
+MPI_LIBS := $(if $(MPICC_FOUND),$(shell mpicc --showme:link 2>/dev/null || pkg-config --libs mpi 2>/dev/null))
+MPI_STATE := $(if $(MPI_LIBS),mpi,nompi)
+LDLIBS += $(MPI_LIBS)
 
 BUILD := build
-LIB_SRC := $(sort $(shell find src -name '*.c' ! -path 'src/cli/*'))
+LIB_SRC := $(sort $(filter-out $(if $(MPI_LIBS),,src/dist/mpi.c),$(shell find src -name '*.c' ! -path 'src/cli/*')))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -15,6 +22,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
+BENCH_BIN := $(BUILD)/tools/allreduce_bench
 
 .PHONY: all test run setup features clean bench check-sanitize fuzz check-fuzz install
 all: features $(BUILD)/mfres $(BUILD)/libmfres.a
@@ -26,13 +34,19 @@ features:
 	  f=$${h%%:*}; n=$${h##*:}; \
 	  if echo "#include <$$f>" | $(CC) -E -x c - >/dev/null 2>&1; then printf '  \342\234\223 %s\n' "$$n"; else printf '  \342\234\227 %s\n' "$$n"; fi; done
 	@if [ -x /usr/local/cuda/bin/nvcc ]; then printf '  \342\234\223 CUDA toolkit (GPU backend not built yet)\n'; else printf '  \342\234\227 CUDA toolkit\n'; fi
-	@if command -v mpicc >/dev/null 2>&1; then printf '  \342\234\223 MPI (not used yet)\n'; else printf '  \342\234\227 MPI\n'; fi
+	@if [ $(MPI_STATE) = mpi ]; then printf '  \342\234\223 MPI (data-parallel training: mpirun -np N mfres train)\n'; else printf '  \342\234\227 MPI (single process only)\n'; fi
 	@if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import torch' 2>/dev/null; then printf '  \342\234\223 PyTorch reference tests\n'; else printf '  \342\234\227 PyTorch reference tests\n'; fi
 	@if command -v gnuplot >/dev/null 2>&1; then printf '  \342\234\223 gnuplot plots\n'; else printf '  \342\234\227 gnuplot plots (CSV only)\n'; fi
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# src/dist is compiled for the MPI state of this build; the stamp rebuilds it when that changes.
+$(BUILD)/src/dist/dist.o $(BUILD)/src/dist/mpi.o: CFLAGS += $(if $(MPI_LIBS),-DMFRES_HAVE_MPI $(MPI_CFLAGS))
+$(BUILD)/src/dist/dist.o: $(BUILD)/.dist-$(MPI_STATE)
+$(BUILD)/.dist-%:
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/.dist-* && touch $@
 
 $(BUILD)/libmfres.a: $(LIB_OBJ)
 	@rm -f $@
@@ -44,6 +58,10 @@ $(BUILD)/mfres: $(CLI_OBJ) $(BUILD)/libmfres.a
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libmfres.a tests/testutil.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
+
+$(BUILD)/tools/%: bench/%.c $(BUILD)/libmfres.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmfres.a $(LDLIBS)
 
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libmfres.a
 	@mkdir -p $(dir $@)
@@ -61,7 +79,7 @@ run: setup
 	@$(MAKE) --no-print-directory all
 	./$(BUILD)/mfres train
 
-bench: all
+bench: all $(BENCH_BIN)
 	bash bench/compare_pytorch.sh
 
 clean:

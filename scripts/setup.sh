@@ -15,6 +15,7 @@ packages=(
   gnuplot-nox          # plots
   time                 # peak-memory measurement in bench/
   clang                # libFuzzer for make check-fuzz (CI)
+  libopenmpi-dev openmpi-bin   # data-parallel training (mpirun -np N mfres train)
 )
 
 missing=()

@@ -31,7 +31,7 @@ done
 # The numerical tests again with oneDNN held to AVX2, so that the AVX2 code
 # paths (8-channel blocks, our own Winograd kernel, the stem's layout fallback)
 # are tested on AVX-512 machines too.
-for t in build/tests/test_layers build/tests/test_model; do
+for t in build/tests/test_layers build/tests/test_model build/tests/test_sync_bn; do
   [ -x "$t" ] && run_one "$(basename "$t") (AVX2)" env DNNL_MAX_CPU_ISA=AVX2 "$t"
 done
 run_one "test_torch_reference.py (AVX2)" env DNNL_MAX_CPU_ISA=AVX2 /usr/bin/python3 tests/test_torch_reference.py

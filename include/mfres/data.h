@@ -64,6 +64,12 @@ typedef struct mfres_loader_config {
     uint64_t seed;     /* with the epoch number, fixes order and augmentation */
     const float *mean; /* per-channel normalisation: (x/255 - mean[c]) / std[c] */
     const float *std;
+    /* Data-parallel training: the epoch is cut into global batches of
+     * shards x batch positions, and this loader hands out positions
+     * [shard*batch, (shard+1)*batch) of each. Order and augmentation stay
+     * keyed on the global position, so the shards together are the batch a
+     * single loader of shards x batch would give. 0 shards: one. */
+    int shard, shards;
 } mfres_loader_config;
 
 typedef struct mfres_loader mfres_loader; /* opaque; owns a background thread */

@@ -113,6 +113,13 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
 /* Backward pass after a training forward: writes grads (all of theta) and, in
  * mean-field mode, tau_grad (the exact gradient for the order in force). */
 int mfres_model_backward(mfres_model *m);
+/* Sync-BN for data-parallel training (issue 12): every training batch norm
+ * sums its per-channel statistics, and its backward its per-channel gradient
+ * sums, over the job's `ranks` ranks through allreduce_sum (x <- its sum over
+ * ranks, in place; every rank must have this model's batch). NULL: each rank
+ * normalises with its own batch, the default. */
+void mfres_model_set_sync_bn(mfres_model *m, int (*allreduce_sum)(double *x, size_t n, void *arg), void *arg,
+                             int ranks);
 /* Sorts each stage's particles by tau (stable) and recomputes the steps h. */
 void mfres_model_sort_blocks(mfres_model *m);
 /* Number of sorted orders that changed in the last mfres_model_sort_blocks call. */

@@ -32,6 +32,11 @@ typedef struct mfres_train_config {
     bool resume;               /* continue the run in out_dir from its state.safetensors (which must exist) */
     bool overwrite;            /* out_dir may hold a run: its run files are removed and training starts over */
     char allow_change[256];    /* resume: comma-separated settings that may differ from the run's ("lr,threads") */
+    /* Data parallelism (issue 12; docs/DISTRIBUTED.md). model.batch stays the
+     * global batch, which each of dist->size ranks takes a share of. */
+    struct mfres_dist *dist;   /* NULL: one process */
+    bool sync_bn;              /* batch-norm statistics over all ranks' batch; else per rank (DDP's default) */
+    long inject_drift_step;    /* testing aid: the last rank nudges one weight by 1 ulp at this global step */
 } mfres_train_config;
 
 typedef struct mfres_train_result {
@@ -39,6 +44,9 @@ typedef struct mfres_train_result {
     long steps;
     double train_loss, train_acc, test_loss, test_acc;
     double train_seconds, total_seconds, images_per_s;
+    int ranks;
+    double comm_seconds;       /* this rank's time in communication, training steps included */
+    uint64_t model_hash;       /* of the model and momentum, the same on every rank (checked each epoch) */
 } mfres_train_result;
 
 /* The default job: ResNet-20, mean-field (unit tau), Fashion-MNIST, 1 epoch,

@@ -5,6 +5,7 @@
 #include "cli/cli.h"
 #include "cli/model_flags.h"
 #include "mfres/core.h"
+#include "mfres/dist.h"
 #include "mfres/train.h"
 
 static void print_help(void) {
@@ -45,6 +46,8 @@ static void print_help(void) {
            "  --overwrite           start over in an --out that holds a run (its run files are removed)\n"
            "  --progress bar|lines  [bar on a terminal, lines otherwise]\n"
            "  --quiet               only the final summary line\n"
+           "data parallel (mpirun -np N mfres train ..., docs/DISTRIBUTED.md; --batch stays global):\n"
+           "  --sync-bn             batch-norm statistics over all ranks' batch [per rank, as PyTorch's DDP]\n"
            "\n"
            "The paper's CIFAR-10 recipe: --data cifar10 --epochs 160 --milestones 80,120 --wd 1e-4\n",
            cli_model_flags_help);
@@ -91,6 +94,12 @@ int cmd_train(int argc, char **argv) {
             snprintf(cfg.allow_change, sizeof cfg.allow_change, "%s", v);
         } else if (!strcmp(argv[i], "--quiet")) {
             cfg.quiet = true;
+        } else if (!strcmp(argv[i], "--sync-bn")) {
+            cfg.sync_bn = true;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--inject-drift-step", &v))) {
+            /* Testing aid (not in --help): the last rank nudges one weight at this global step. */
+            if (r < 0 || cli_parse_long(cmd, "--inject-drift-step", v, 1, 1L << 40, &x)) return 2;
+            cfg.inject_drift_step = x;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--train-limit", &v))) {
             if (r < 0 || cli_parse_long(cmd, "--train-limit", v, 1, 1L << 30, &x)) return 2;
             cfg.train_limit = (int)x;
@@ -159,17 +168,44 @@ int cmd_train(int argc, char **argv) {
                  mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), (unsigned long long)cfg.seed);
     }
     if (cfg.allow_change[0] && !cfg.resume) return cli_usage_error(cmd, "--allow-change only applies with --resume");
+    /* Under mpirun this process is one rank of a job (MPI_Init happens here). */
+    mfres_dist dist;
+    if (mfres_dist_init(&dist, &argc, &argv)) return cli_runtime_error(cmd);
+    if (cfg.sync_bn && strcmp(dist.backend, "mpi")) {
+        mfres_dist_finalize(&dist);
+        return cli_usage_error(cmd, "--sync-bn sums batch-norm statistics over the ranks of an MPI job; %s",
+                               mfres_dist_have_mpi() ? "run it under mpirun -np N"
+                                                     : "this mfres was built without MPI (install libopenmpi-dev, "
+                                                       "rebuild) and must run under mpirun -np N");
+    }
+    cfg.dist = &dist;
     mfres_train_result res;
     int rc = mfres_train(&cfg, &res);
-    /* A refused configuration (a run in the way, a resume that would change it) is a usage error. */
-    if (rc == MFRES_EINVAL) {
-        fprintf(stderr, "mfres %s: error: %s\n", cmd, mfres_last_error());
-        return 2;
+    if (rc) {
+        /* A refused configuration (a run in the way, a resume that would change it) is a usage error. */
+        bool usage = rc == MFRES_EINVAL;
+        if (dist.size > 1) {
+            /* One rank's failure ends the job: the others may be waiting for it in a collective. */
+            fprintf(stderr, "mfres %s: error on rank %d of %d: %s\n", cmd, dist.rank, dist.size, mfres_last_error());
+            dist.abort(&dist, usage ? 2 : 1);
+        }
+        mfres_dist_finalize(&dist);
+        if (usage) {
+            fprintf(stderr, "mfres %s: error: %s\n", cmd, mfres_last_error());
+            return 2;
+        }
+        return cli_runtime_error(cmd);
     }
-    if (rc) return cli_runtime_error(cmd);
-    printf("%s %s %s: test_acc=%.4f test_loss=%.4f train_loss=%.4f epochs=%d time_s=%.1f images_per_s=%.1f "
-           "out=%s\n",
-           tag, mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), res.test_acc,
-           res.test_loss, res.train_loss, res.epochs_done, res.total_seconds, res.images_per_s, cfg.out_dir);
+    if (dist.rank == 0) {
+        printf("%s %s %s: test_acc=%.4f test_loss=%.4f train_loss=%.4f epochs=%d time_s=%.1f images_per_s=%.1f ", tag,
+               mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), res.test_acc, res.test_loss,
+               res.train_loss, res.epochs_done, res.total_seconds, res.images_per_s);
+        if (dist.size > 1)
+            printf("ranks=%d comm_share=%.3f model_hash=%016llx ", dist.size,
+                   res.train_seconds > 0 ? res.comm_seconds / res.train_seconds : 0.0,
+                   (unsigned long long)res.model_hash);
+        printf("out=%s\n", cfg.out_dir);
+    }
+    mfres_dist_finalize(&dist);
     return 0;
 }

@@ -3,7 +3,10 @@
  *
  * Determinism. The permutation of epoch e comes from an RNG seeded with
  * (seed, e); the augmentation of the image at position p of that permutation
- * comes from an RNG seeded with (seed, e, p) alone. No draw depends on which
+ * comes from an RNG seeded with (seed, e, p) alone. A data-parallel rank's
+ * loader (cfg.shards > 1) reads only its shard of each global batch, with
+ * the same global positions, so the ranks together see what one loader of
+ * the global batch would. No draw depends on which
  * thread runs it, on timing, or on the batch size, so a run is reproducible bit
  * for bit and a resumed epoch can start anywhere.
  *
@@ -100,13 +103,24 @@ static void prepare_image(float *dst, const uint8_t *src, const float *lut, int 
     }
 }
 
+/* The global position of this loader's first image of batch j (its shard of global batch j). */
+static size_t first_position(const mfres_loader *l, int j) {
+    return ((size_t)j * (size_t)l->cfg.shards + (size_t)l->cfg.shard) * (size_t)l->cfg.batch;
+}
+
+/* Valid images in this loader's share of batch j (the rest is padding). */
+static int batch_count(const mfres_loader *l, int j) {
+    long left = (long)l->ds->n - (long)first_position(l, j);
+    return left <= 0 ? 0 : left < l->cfg.batch ? (int)left : l->cfg.batch;
+}
+
 static void fill_batch(const mfres_loader *l, int buf, int batch_index, int epoch) {
     const mfres_dataset *ds = l->ds;
     const int B = l->cfg.batch;
     float *images = l->images[buf];
     int32_t *labels = l->labels[buf];
     for (int k = 0; k < B; k++) {
-        size_t pos = (size_t)batch_index * (size_t)B + (size_t)k;
+        size_t pos = first_position(l, batch_index) + (size_t)k;
         float *dst = images + (size_t)k * l->image_floats;
         if (pos >= (size_t)ds->n) { /* the final partial batch: zeros, label -1 */
             memset(dst, 0, l->image_floats * sizeof *dst);
@@ -150,7 +164,7 @@ static void *worker_main(void *arg) {
         if (gen == l->generation) {
             l->state[b] = BUF_READY;
             l->batch_of[b] = j;
-            l->counts[b] = l->ds->n - j * l->cfg.batch < l->cfg.batch ? l->ds->n - j * l->cfg.batch : l->cfg.batch;
+            l->counts[b] = batch_count(l, j);
             l->next_fill++;
         } /* else start_epoch reset the buffers while we worked: drop the result */
         pthread_cond_broadcast(&l->cv);
@@ -189,6 +203,8 @@ int mfres_loader_create(mfres_loader **out, const mfres_dataset *ds, const mfres
         return mfres_fail(MFRES_EINVAL, "loader: empty or unloaded data set");
     if (!cfg || cfg->batch <= 0)
         return mfres_fail(MFRES_EINVAL, "loader: batch must be > 0, found %d", cfg ? cfg->batch : 0);
+    if (cfg->shards > 0 && (cfg->shard < 0 || cfg->shard >= cfg->shards))
+        return mfres_fail(MFRES_EINVAL, "loader: shard must be in 0..%d, found %d", cfg->shards - 1, cfg->shard);
     if (cfg->augment && (cfg->pad < 0 || cfg->pad > 4096))
         return mfres_fail(MFRES_EINVAL, "loader: pad must be in 0..4096, found %d", cfg->pad);
     for (int c = 0; cfg->std && c < ds->c; c++)
@@ -203,8 +219,10 @@ int mfres_loader_create(mfres_loader **out, const mfres_dataset *ds, const mfres
     l->ds = ds;
     l->cfg = *cfg;
     l->cfg.mean = l->cfg.std = NULL; /* the caller's arrays are folded into lut and not kept */
+    if (l->cfg.shards <= 0) l->cfg.shards = 1, l->cfg.shard = 0;
     l->image_floats = (size_t)ds->c * ds->h * ds->w;
-    l->n_batches = cfg->drop_last ? ds->n / cfg->batch : (ds->n + cfg->batch - 1) / cfg->batch;
+    long global = (long)cfg->batch * l->cfg.shards;
+    l->n_batches = (int)(cfg->drop_last ? ds->n / global : (ds->n + global - 1) / global);
     l->held = -1;
     l->lut = mfres_alloc(sizeof(float) * 256 * (size_t)ds->c, "loader lookup table");
     l->perm = mfres_alloc(sizeof(uint32_t) * (size_t)ds->n, "loader permutation");

@@ -52,8 +52,7 @@ int block_postact_forward(mfres_model *m, train_pos *b, const act *x) {
     /* BN_last, the shortcut add and the ReLU in two passes over t_last. */
     int HW = s->h_out * s->w_out;
     float *mean = b->bn_stats[last], *var = b->bn_stats[last] + C;
-    STEP_VOID("batch norm statistics", st, 0, nn_batchnorm_statistics(mean, var, b->t[last].data, N, C, HW, ctx->block));
-    nn_batchnorm_update_running(&b->bn[last], mom);
+    STEP("batch norm statistics", st, 0, nn_batchnorm_train_statistics(&b->bn[last], ctx, b->t[last].data, mom));
     STEP_VOID("batch norm+residual add+relu", st, 0,
               nn_bn_residual_relu_forward(b->out.data, b->out_mask, shortcut, b->t[last].data, mean, var, b->bn_scaled,
                                           b->bn_scaled + C, m->cfg.bn_eps, N, C, HW, ctx->block));

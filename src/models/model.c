@@ -85,6 +85,11 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
 
 int mfres_model_backward(mfres_model *m) { return cpu_train_backward(m); }
 
+void mfres_model_set_sync_bn(mfres_model *m, int (*allreduce_sum)(double *x, size_t n, void *arg), void *arg,
+                             int ranks) {
+    m->impl->ctx.bn_sync = (nn_bn_sync){.allreduce_sum = allreduce_sum, .arg = arg, .ranks = ranks};
+}
+
 void mfres_model_set_profiling(mfres_model *m, bool on) {
     m->impl->prof.on = on;
     if (on) m->impl->prof.n = 0;

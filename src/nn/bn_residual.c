@@ -69,29 +69,55 @@ typedef unsigned char bvec8 __attribute__((vector_size(8)));
 DEFINE_BLOCK_APPLY(block_apply16, vec16, ivec16, bvec16, 16)
 DEFINE_BLOCK_APPLY(block_apply8, vec8, ivec8, bvec8, 8)
 
-void nn_batchnorm_statistics(float *mean, float *var, const float *x, int N, int C, int HW, int block) {
+/* Per-channel Σx and Σx² of x (nChw{B}c), summed in double over a fixed split of the batch, combined in order. */
+static void channel_sums(double *sum, double *sumsq, const float *x, int N, int C, int HW, int block) {
     int CB = C / block, B = block;
     double partial[STAT_SPLITS][2][C];
     memset(partial, 0, sizeof partial);
 #pragma omp parallel for schedule(static)
     for (int s = 0; s < STAT_SPLITS; s++) {
         int n0 = (int)((long)N * s / STAT_SPLITS), n1 = (int)((long)N * (s + 1) / STAT_SPLITS);
-        double *sum = partial[s][0], *sumsq = partial[s][1];
+        double *ps = partial[s][0], *ps2 = partial[s][1];
         for (int n = n0; n < n1; n++)
             for (int cb = 0; cb < CB; cb++) {
                 const float *p = x + ((size_t)n * CB + cb) * HW * B;
-                if (B == 16) block_sums16(p, HW, sum + cb * B, sumsq + cb * B);
-                else block_sums8(p, HW, sum + cb * B, sumsq + cb * B);
+                if (B == 16) block_sums16(p, HW, ps + cb * B, ps2 + cb * B);
+                else block_sums8(p, HW, ps + cb * B, ps2 + cb * B);
             }
     }
-    double count = (double)N * HW;
     for (int c = 0; c < C; c++) {
         double s = 0, s2 = 0;
         for (int k = 0; k < STAT_SPLITS; k++) s += partial[k][0][c], s2 += partial[k][1][c];
-        double m = s / count, v = s2 / count - m * m;
+        sum[c] = s, sumsq[c] = s2;
+    }
+}
+
+static void finish_statistics(float *mean, float *var, const double *sum, const double *sumsq, int C, double count) {
+    for (int c = 0; c < C; c++) {
+        double m = sum[c] / count, v = sumsq[c] / count - m * m;
         mean[c] = (float)m;
         var[c] = (float)(v > 0 ? v : 0);
     }
+}
+
+void nn_batchnorm_statistics(float *mean, float *var, const float *x, int N, int C, int HW, int block) {
+    double sums[2 * C];
+    channel_sums(sums, sums + C, x, N, C, HW, block);
+    finish_statistics(mean, var, sums, sums + C, C, (double)N * HW);
+}
+
+int nn_batchnorm_statistics_sync(float *mean, float *var, const float *x, int N, int C, int HW, int block,
+                                 const nn_bn_sync *sync) {
+    double sums[2 * C];
+    channel_sums(sums, sums + C, x, N, C, HW, block);
+    double count = (double)N * HW;
+    if (sync && sync->allreduce_sum) {
+        int rc = sync->allreduce_sum(sums, 2 * (size_t)C, sync->arg);
+        if (rc) return rc;
+        count *= sync->ranks;
+    }
+    finish_statistics(mean, var, sums, sums + C, C, count);
+    return 0;
 }
 
 void nn_bn_residual_relu_forward(float *out, unsigned char *mask, const float *shortcut, const float *t,

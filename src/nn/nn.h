@@ -19,6 +19,19 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+/* Synchronised batch norm across the ranks of a data-parallel job (issue 12,
+ * `mfres train --sync-bn`). When allreduce_sum is set, every training batch
+ * norm sums its per-channel statistics (Σx, Σx²) over all ranks before it
+ * finishes the mean and variance, and its backward sums its per-channel
+ * gradient sums (Σdy·x̂, Σdy) before it finishes the input gradient, so the
+ * ranks together normalise one global batch. Unset (the default, as in
+ * PyTorch's DDP), each rank normalises with its own batch. */
+typedef struct nn_bn_sync {
+    int (*allreduce_sum)(double *x, size_t n, void *arg); /* x <- its sum over all ranks, in place */
+    void *arg;
+    int ranks; /* every rank has the same local batch: the statistics count ranks x N x H x W values */
+} nn_bn_sync;
+
 typedef struct nn_ctx {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
@@ -32,6 +45,7 @@ typedef struct nn_ctx {
         float *data;
         size_t floats;
     } *scratch;
+    nn_bn_sync bn_sync; /* sync-BN hook; zero: per-rank statistics */
 } nn_ctx;
 
 /* The passes of a convolution, for the choice of algorithm. */
@@ -196,6 +210,9 @@ typedef struct nn_batchnorm {
     float eps;
     size_t workspace_bytes; /* ReLU mask for backward, when fused */
     dnnl_primitive_t fwd_train, fwd_infer, bwd;
+    /* Sync-BN (nn_bn_sync): the same passes with the statistics supplied
+     * (dnnl_use_global_stats), created on first synchronised use. */
+    dnnl_primitive_t fwd_train_given, bwd_given;
     dnnl_memory_t gamma, beta, dgamma, dbeta, mean, var, running_mean, running_var, workspace;
 } nn_batchnorm;
 
@@ -208,14 +225,22 @@ void nn_batchnorm_bind(nn_batchnorm *bn, float *gamma, float *beta, float *dgamm
 /* Re-points only the affine parameters (for a scaled copy of gamma and beta). */
 void nn_batchnorm_bind_affine(nn_batchnorm *bn, float *gamma, float *beta);
 /* Training: normalise with batch statistics, save mean/var, then update the
- * running statistics like PyTorch (momentum 0.1, unbiased variance). */
+ * running statistics like PyTorch (momentum 0.1, unbiased variance). With
+ * ctx->bn_sync set, the statistics are those of the batch of all ranks. */
 int nn_batchnorm_forward_train(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in,
                                float momentum);
 int nn_batchnorm_forward_infer(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t out, dnnl_memory_t in);
 /* Running statistics from the bound batch mean/var, as PyTorch updates them
  * (for statistics computed outside the primitive: nn_batchnorm_statistics). */
 void nn_batchnorm_update_running(nn_batchnorm *bn, float momentum);
-/* din overwritten; dgamma, dbeta overwritten. */
+/* The statistics pass of a batch norm whose normalisation runs elsewhere (the
+ * post-activation block end, nn_bn_residual_relu_forward): mean/var of x
+ * (nChw{B}c) into the bound mean/var buffers, summed over all ranks when
+ * ctx->bn_sync is set, then the running statistics. */
+int nn_batchnorm_train_statistics(nn_batchnorm *bn, const nn_ctx *ctx, const float *x, float momentum);
+/* din overwritten; dgamma, dbeta overwritten. With ctx->bn_sync set, din is
+ * the gradient through the statistics of all ranks' batch, while dgamma and
+ * dbeta stay this rank's share (the trainer sums every gradient over ranks). */
 int nn_batchnorm_backward(nn_batchnorm *bn, const nn_ctx *ctx, dnnl_memory_t din, dnnl_memory_t dout,
                           dnnl_memory_t in);
 void nn_batchnorm_free(nn_batchnorm *bn);
@@ -226,6 +251,10 @@ void nn_residual_forward(float *out, const float *shortcut, const float *branch,
 /* Batch mean and biased variance per channel of x (nChw{B}c), as a batch norm
  * in training mode uses them; the same bits on any thread count. */
 void nn_batchnorm_statistics(float *mean, float *var, const float *x, int N, int C, int HW, int block);
+/* The same, with the per-channel sums added over all ranks through sync (NULL:
+ * this rank alone, the same bits as nn_batchnorm_statistics). */
+int nn_batchnorm_statistics_sync(float *mean, float *var, const float *x, int N, int C, int HW, int block,
+                                 const nn_bn_sync *sync);
 /* out = relu(shortcut + gamma*(t - mean)/sqrt(var + eps) + beta), mask = out > 0:
  * the end of a post-activation block in one pass (bn_residual.c). nChw{B}c. */
 void nn_bn_residual_relu_forward(float *out, unsigned char *mask, const float *shortcut, const float *t,

@@ -5,7 +5,12 @@
  * clamp and the re-sort of the blocks). Per epoch: evaluation on the test
  * split, one line appended to metrics.jsonl and the model file rewritten --
  * both atomically, so a crash or a NaN never leaves a half-written file and
- * the last good model stays in place. */
+ * the last good model stays in place.
+ *
+ * Data parallelism (cfg.dist, docs/DISTRIBUTED.md): each rank trains its share
+ * of every global batch, the gradients are summed over ranks after the
+ * backward pass (train/parallel.c) and every rank takes the same step; rank 0
+ * alone reads and writes the run directory and prints. */
 #include "mfres/train.h"
 
 #include <cblas.h>
@@ -22,6 +27,7 @@
 #include "mfres/optim.h"
 #include "mfres/progress.h"
 #include "mfres/safetensors.h"
+#include "train/parallel.h"
 #include "train/run_dir.h"
 
 void openblas_set_num_threads(int num_threads);
@@ -83,9 +89,11 @@ void mfres_train_config_write_json(const mfres_train_config *c, FILE *fp) {
     fprintf(fp, "  \"bn_momentum\": %.9g,\n  \"bn_eps\": %.9g\n}\n", m->bn_momentum, m->bn_eps);
 }
 
-int mfres_evaluate(mfres_model *m, const mfres_dataset *ds, const float *mean, const float *std, double *loss,
-                   double *acc) {
-    mfres_loader_config lc = {.batch = m->cfg.batch, .mean = mean, .std = std};
+/* Each rank evaluates its share of every global batch; the sums are added over ranks. */
+static int evaluate(mfres_model *m, const mfres_dataset *ds, const float *mean, const float *std, par_comm *pc,
+                    double *loss, double *acc) {
+    mfres_loader_config lc = {.batch = m->cfg.batch, .mean = mean, .std = std,
+                              .shard = pc ? pc->dist->rank : 0, .shards = pc ? pc->dist->size : 1};
     mfres_loader *loader;
     int rc = mfres_loader_create(&loader, ds, &lc);
     if (rc) return rc;
@@ -105,9 +113,19 @@ int mfres_evaluate(mfres_model *m, const mfres_dataset *ds, const float *mean, c
     }
     mfres_loader_free(loader);
     if (rc < 0) return rc;
+    if (pc && pc->dist->size > 1) {
+        double sums[3] = {loss_sum, (double)correct, (double)seen};
+        if ((rc = par_reduce_sums(pc, sums, 3))) return rc;
+        loss_sum = sums[0], correct = (long)sums[1], seen = (long)sums[2];
+    }
     *loss = seen ? loss_sum / seen : 0;
     *acc = seen ? (double)correct / seen : 0;
     return MFRES_OK;
+}
+
+int mfres_evaluate(mfres_model *m, const mfres_dataset *ds, const float *mean, const float *std, double *loss,
+                   double *acc) {
+    return evaluate(m, ds, mean, std, NULL, loss, acc);
 }
 
 /* A shallow view of the first `limit` images (0: all). */
@@ -343,8 +361,16 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
     mfres_train_config cfg = *cfg_in;
     memset(res, 0, sizeof *res);
     double t_start = mfres_now();
+    mfres_dist single;
+    if (!cfg.dist) mfres_dist_init_single(&single), cfg.dist = &single;
+    par_comm pc = {.dist = cfg.dist};
+    const int rank = cfg.dist->rank, ranks = cfg.dist->size;
+    res->ranks = ranks;
+    if (cfg.sync_bn && strcmp(cfg.dist->backend, "mpi"))
+        return mfres_fail(MFRES_EINVAL, "--sync-bn sums batch-norm statistics over the ranks of an MPI job, and this "
+                          "process is not in one. HINT: mpirun -np N mfres train --sync-bn ...");
     cfg.threads = mfres_set_threads(cfg.threads);
-    bool show = !cfg.quiet;
+    bool show = !cfg.quiet && rank == 0;
     bool tty = cfg.progress == 1 || (cfg.progress == -1 && isatty(STDERR_FILENO));
 
     mfres_data data;
@@ -370,6 +396,17 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
         return mfres_fail(MFRES_EINVAL, "the training set has %d images, fewer than one batch of %d", train_set.n,
                           cfg.model.batch);
     }
+    if (cfg.model.batch % ranks) {
+        mfres_data_free(&data);
+        return mfres_fail(MFRES_EINVAL, "--batch %d (the global batch) does not divide among %d ranks", cfg.model.batch,
+                          ranks);
+    }
+    if ((rc = par_check_flags_agree(&pc, &cfg))) {
+        mfres_data_free(&data);
+        return rc;
+    }
+    mfres_model_config rank_model = cfg.model; /* this rank's share of the global batch */
+    rank_model.batch = cfg.model.batch / ranks;
 
     mfres_model m;
     mfres_optimizer opt = {0};
@@ -377,27 +414,29 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
     run_dir dir = {.lock_fd = -1};
     text metrics = {0};
     char path[4200];
-    if ((rc = mfres_model_create(&m, &cfg.model, cfg.seed))) {
+    if ((rc = mfres_model_create(&m, &rank_model, cfg.seed))) {
         mfres_data_free(&data);
         return rc;
     }
+    if (cfg.sync_bn) mfres_model_set_sync_bn(&m, par_bn_allreduce, &pc, ranks);
     if (show) mfres_model_print_summary(&m, stderr);
     if ((rc = mfres_optimizer_init(&opt, &m, (float)cfg.lr, (float)cfg.momentum, (float)cfg.weight_decay, cfg.nesterov,
                                    (float)cfg.tau_lr_mult)))
         goto done;
-    mfres_loader_config lc = {.batch = cfg.model.batch, .shuffle = true, .augment = cfg.augment, .pad = 4,
+    mfres_loader_config lc = {.batch = rank_model.batch, .shuffle = true, .augment = cfg.augment, .pad = 4,
                               .flip = cfg.flip && cfg.augment, .drop_last = true, .seed = cfg.seed,
-                              .mean = data.mean, .std = data.std};
+                              .mean = data.mean, .std = data.std, .shard = rank, .shards = ranks};
     if ((rc = mfres_loader_create(&loader, &train_set, &lc))) goto done;
     if ((rc = run_check_allow_list(cfg.allow_change))) goto done;
-    if ((rc = run_dir_open(&dir, &cfg))) goto done;
+    /* Rank 0 alone owns the run directory (its lock, its files); the others read and write nothing. */
+    if (rank == 0 && (rc = run_dir_open(&dir, &cfg))) goto done;
     char print[512];
     fingerprint(&cfg, data.name, print, sizeof print);
     run_setting settings[RUN_MAX_SETTINGS];
     int n_settings = run_settings(&cfg, &data, settings);
     int first_epoch = 0;
     char *history_entry = NULL;
-    if (cfg.resume) {
+    if (cfg.resume && rank == 0) {
         text changes = {0}, entry = {0};
         int epochs_before = cfg.epochs;
         rc = load_state(&cfg, &m, &opt, &first_epoch, &res->steps, print, settings, n_settings, &changes,
@@ -414,12 +453,18 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
         free(changes.buf);
         if (rc) goto done;
     }
+    /* Rank 0's initial or resumed state to every rank (the others read no files). */
+    if ((rc = par_broadcast_state(&pc, &m, &opt, &first_epoch, &res->steps))) goto done;
     /* Written after the resume check, so a refused resume leaves the run's files as they were. */
-    rc = run_write_config(&cfg, cfg.out_dir, history_entry);
+    if (rank == 0) rc = run_write_config(&cfg, cfg.out_dir, history_entry);
     free(history_entry);
     if (rc) goto done;
     if (show) mfres_log("run directory: %s (threads %d, seed %llu)", cfg.out_dir, cfg.threads,
                         (unsigned long long)cfg.seed);
+    if (show && ranks > 1)
+        mfres_log("data parallel: %d ranks (%s) of %d images each, global batch %d, batch norm %s", ranks,
+                  cfg.dist->backend, rank_model.batch, cfg.model.batch,
+                  cfg.sync_bn ? "synchronised over ranks (--sync-bn)" : "per rank");
 
     int batches = mfres_loader_batches_per_epoch(loader);
     res->epochs_done = first_epoch;
@@ -430,7 +475,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
         snprintf(label, sizeof label, "epoch %d/%d", epoch + 1, cfg.epochs);
         mfres_progress bar;
         if (show) mfres_progress_start(&bar, stderr, tty, label, batches);
-        double loss_sum = 0, t0 = mfres_now();
+        double loss_sum = 0, t0 = mfres_now(), comm0 = pc.seconds;
         long correct = 0, seen = 0;
         int reorders = 0, step = 0;
         const float *images;
@@ -442,17 +487,25 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
             if (cfg.cosine) opt.lr = (float)mfres_lr_cosine(cfg.lr, res->steps, (long)batches * cfg.epochs);
             rc = mfres_model_forward(&m, images, labels, true, &loss, &hits);
             if (cfg.inject_nan_step && res->steps + 1 == cfg.inject_nan_step) loss = NAN;
-            if (rc == MFRES_ENUMERIC || !isfinite(loss)) {
+            bool bad = rc == MFRES_ENUMERIC || !isfinite(loss);
+            if (rc && !bad) goto done;
+            if (!bad && (rc = mfres_model_backward(&m))) goto done;
+            /* Every rank learns whether any rank's loss went bad, so all stop together. */
+            par_step_stats stats = {.loss_sum = bad ? 0 : loss * count, .correct = bad ? 0 : hits, .seen = count,
+                                    .failed = bad};
+            if ((rc = par_reduce_step(&pc, &m, &stats))) goto done;
+            if (stats.failed > 0) {
                 rc = mfres_fail(MFRES_ENUMERIC,
                                 "the training loss became %g at epoch %d, step %d (global step %ld); stopping. "
                                 "The last good model is still in %s/model.safetensors. HINT: lower --lr",
-                                loss, epoch + 1, step + 1, res->steps + 1, cfg.out_dir);
+                                bad ? loss : NAN, epoch + 1, step + 1, res->steps + 1, cfg.out_dir);
                 goto done;
             }
-            if (rc || (rc = mfres_model_backward(&m))) goto done;
             mfres_optimizer_step(&opt, &m);
+            if (cfg.inject_drift_step && res->steps + 1 == cfg.inject_drift_step && rank == ranks - 1)
+                m.params[0] = nextafterf(m.params[0], INFINITY);
             if (m.n_tau) reorders += mfres_model_last_reorders(&m);
-            loss_sum += loss * count, correct += hits, seen += count;
+            loss_sum += stats.loss_sum, correct += (long)stats.correct, seen += (long)stats.seen;
             step++, res->steps++;
             if (show) {
                 char stats[128];
@@ -464,9 +517,13 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
         if (rc < 0) goto done;
         double train_time = mfres_now() - t0;
         res->train_seconds += train_time;
+        res->comm_seconds += pc.seconds - comm0;
         res->train_loss = loss_sum / seen, res->train_acc = (double)correct / seen;
         res->images_per_s = seen / train_time;
-        if ((rc = mfres_evaluate(&m, &test_set, data.mean, data.std, &res->test_loss, &res->test_acc))) goto done;
+        /* Per-rank batch norm leaves each rank its own running statistics; evaluation and the files get their mean. */
+        if (!cfg.sync_bn && (rc = par_average_running_stats(&pc, &m))) goto done;
+        if ((rc = evaluate(&m, &test_set, data.mean, data.std, &pc, &res->test_loss, &res->test_acc))) goto done;
+        if ((rc = par_check_identical(&pc, &m, &opt, &res->model_hash))) goto done;
         res->epochs_done = epoch + 1;
         if (show) {
             char stats[160];
@@ -484,6 +541,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
             text_printf(&metrics, ", \"reorders\": %d", reorders);
         }
         text_printf(&metrics, "}\n");
+        if (rank != 0) continue;
         snprintf(path, sizeof path, "%s/metrics.jsonl", cfg.out_dir);
         if ((rc = mfres_write_file_atomic(path, metrics.buf, metrics.len))) goto done;
         snprintf(path, sizeof path, "%s/model.safetensors", cfg.out_dir);
