@@ -29,10 +29,10 @@ expect_exit 2 "ResNeXt has no --block bottleneck" "postact or preact" \
 expect_exit 2 "ResNeXt depth not 9n+2" "9n+2" $MFRES bench --model resnext30-8x64d
 expect_exit 2 "bad block name lists the kinds" "bottleneck" $MFRES bench --block wide
 
-# Train, save, evaluate: ResNet-11 bottleneck (pre-activation) and ResNeXt-20 2x8d (post-activation).
+# Train, save, evaluate: ResNet-20 bottleneck (two blocks a stage: one particle) and ResNeXt-11 2x8d, both forms.
 common=(--batch 32 --train-limit 256 --test-limit 128 --epochs 1 --threads 2 --quiet)
-for net in "--model resnet20 --block bottleneck" "--model resnext20-2x8d --width 16 --block postact" \
-           "--model resnext20-2x8d --width 16 --block preact"; do
+for net in "--model resnet20 --block bottleneck" "--model resnext11-2x8d --width 16 --block postact" \
+           "--model resnext11-2x8d --width 16 --block preact"; do
   tag=$(echo "$net" | tr -c 'a-z0-9\n' '_')
   # shellcheck disable=SC2086
   $MFRES train $net "${common[@]}" --out "$tmp/$tag" > "$tmp/$tag.txt" 2>&1
@@ -44,7 +44,7 @@ for net in "--model resnet20 --block bottleneck" "--model resnext20-2x8d --width
 done
 
 for isa in "" AVX2; do
-  for net in "--model resnet20 --block bottleneck" "--model resnext20-2x16d --width 16 --block preact"; do
+  for net in "--model resnet11 --block bottleneck" "--model resnext11-2x16d --width 16 --block preact"; do
     # shellcheck disable=SC2086
     DNNL_MAX_CPU_ISA=$isa $MFRES bench $net --input 3x32x32 --batch 16 --iters 1 --warmup 0 --threads 2 --profile \
       > "$tmp/prof.txt" 2>&1
