@@ -30,6 +30,9 @@ typedef struct mfres_train_config {
     bool quiet;                /* no model summary, no progress */
     long inject_nan_step;      /* testing aid: poison the loss at this global step (0: never) */
     bool resume;               /* continue from out_dir/state.safetensors if it exists */
+    long warmup_steps;         /* the first warmup_steps steps run at warmup_lr (He et al.'s ResNet-110 warm-up) */
+    double warmup_lr;
+    char recipe[32];           /* the --recipe the flags started from ("" none); shown in config.json */
 } mfres_train_config;
 
 typedef struct mfres_train_result {

@@ -53,7 +53,7 @@ int mfres_set_threads(int threads) {
 
 void mfres_train_config_write_json(const mfres_train_config *c, FILE *fp) {
     const mfres_model_config *m = &c->model;
-    fprintf(fp, "{\n  \"data\": \"%s\",\n", c->data);
+    fprintf(fp, "{\n  \"recipe\": \"%s\",\n  \"data\": \"%s\",\n", c->recipe, c->data);
     fprintf(fp, "  \"model\": \"resnet%d\",\n  \"depth\": %d,\n  \"block\": \"%s\",\n  \"mode\": \"%s\",\n", m->depth,
             m->depth, mfres_block_name(m->block), mfres_mode_name(m->mode));
     fprintf(fp, "  \"tau_init\": \"%s\",\n  \"tau_lr_mult\": %.9g,\n", mfres_tau_init_name(m->tau_init), c->tau_lr_mult);
@@ -64,7 +64,8 @@ void mfres_train_config_write_json(const mfres_train_config *c, FILE *fp) {
     fprintf(fp, "  \"weight_decay\": %.9g,\n  \"nesterov\": %s,\n  \"schedule\": \"%s\",\n  \"milestones\": [",
             c->weight_decay, c->nesterov ? "true" : "false", c->cosine ? "cosine" : "multistep");
     for (int i = 0; i < c->n_milestones; i++) fprintf(fp, "%s%ld", i ? ", " : "", c->milestones[i]);
-    fprintf(fp, "],\n  \"gamma\": %.9g,\n  \"seed\": %llu,\n  \"threads\": %d,\n", c->gamma,
+    fprintf(fp, "],\n  \"warmup_steps\": %ld,\n  \"warmup_lr\": %.9g,", c->warmup_steps, c->warmup_lr);
+    fprintf(fp, "\n  \"gamma\": %.9g,\n  \"seed\": %llu,\n  \"threads\": %d,\n", c->gamma,
             (unsigned long long)c->seed, c->threads);
     fprintf(fp, "  \"augment\": %s,\n  \"flip\": %s,\n  \"train_limit\": %d,\n  \"test_limit\": %d,\n",
             c->augment ? "true" : "false", c->flip ? "true" : "false", c->train_limit, c->test_limit);
@@ -343,6 +344,8 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
             double loss;
             int hits;
             if (cfg.cosine) opt.lr = (float)mfres_lr_cosine(cfg.lr, res->steps, (long)batches * cfg.epochs);
+            float scheduled_lr = opt.lr;
+            if (res->steps < cfg.warmup_steps) opt.lr = (float)cfg.warmup_lr;
             rc = mfres_model_forward(&m, images, labels, true, &loss, &hits);
             if (cfg.inject_nan_step && res->steps + 1 == cfg.inject_nan_step) loss = NAN;
             if (rc == MFRES_ENUMERIC || !isfinite(loss)) {
@@ -354,6 +357,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
             }
             if (rc || (rc = mfres_model_backward(&m))) goto done;
             mfres_optimizer_step(&opt, &m);
+            opt.lr = scheduled_lr;
             if (m.n_tau) reorders += mfres_model_last_reorders(&m);
             loss_sum += loss * count, correct += hits, seen += count;
             step++, res->steps++;
