@@ -186,7 +186,7 @@ static const mfres_run_record *find_run(const mfres_run_record *runs, int n, con
 }
 
 static void describe(const mfres_run_record *r, int epochs, char *buf, size_t cap) {
-    if (!r || (r->epochs_done == 0 && r->state_epochs <= 0)) snprintf(buf, cap, "to start");
+    if (!r || (r->epochs_done == 0 && r->state_epochs <= 0)) snprintf(buf, cap, "to start (%d epochs)", epochs);
     else if (r->epochs_done >= epochs)
         snprintf(buf, cap, "finished, test error %.2f %%", 100 * (1 - r->ep[epochs - 1].test_acc));
     else snprintf(buf, cap, "stopped after epoch %d of %d", r->epochs_done, epochs);

@@ -86,7 +86,7 @@ static int read_config(mfres_run_record *r) {
 }
 
 /* A stage-by-particle matrix of numbers: [[...], [...], [...]]. */
-static int read_stages(const json_value *v, const char *what, int *particles, float *tau, int *order) {
+static int read_stages(const json_value *v, const char *what, int *particles, double *tau, int *order) {
     if (!v || v->type != JSON_ARRAY || v->n != MFRES_STAGES)
         return mfres_fail(MFRES_EFORMAT, "%s: expected %d lists, one per stage", what, MFRES_STAGES);
     for (int s = 0; s < MFRES_STAGES; s++) {
@@ -98,7 +98,7 @@ static int read_stages(const json_value *v, const char *what, int *particles, fl
         for (int i = 0; i < row->n; i++) {
             if (row->items[i].type != JSON_NUMBER)
                 return mfres_fail(MFRES_EFORMAT, "%s: stage %d, item %d is not a number", what, s + 1, i + 1);
-            if (tau) tau[s * row->n + i] = (float)row->items[i].number;
+            if (tau) tau[s * row->n + i] = row->items[i].number;
             if (order) {
                 int b = (int)row->items[i].number;
                 if (b < 1 || b > row->n)

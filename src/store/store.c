@@ -16,6 +16,7 @@
  *                                          the sorted order (1 = nearest the input)
  */
 #include <sqlite3.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -72,7 +73,12 @@ static int insert_config(sqlite3 *db, sqlite3_stmt *st, long run_id, const mfres
         char *text = NULL;
         size_t len;
         switch (v->type) {
-        case JSON_NUMBER: sqlite3_bind_double(st, 3, v->number); break;
+        case JSON_NUMBER:
+            /* Integers stay integers (train_limit = 512, not 512.0). */
+            if (v->number == (double)(int64_t)v->number && v->number > -9e15 && v->number < 9e15)
+                sqlite3_bind_int64(st, 3, (sqlite3_int64)v->number);
+            else sqlite3_bind_double(st, 3, v->number);
+            break;
         case JSON_STRING: sqlite3_bind_text(st, 3, v->string, -1, SQLITE_TRANSIENT); break;
         case JSON_BOOL: sqlite3_bind_int(st, 3, v->boolean); break;
         case JSON_NULL: sqlite3_bind_null(st, 3); break;
