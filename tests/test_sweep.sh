@@ -47,11 +47,11 @@ $MFRES train --recipe he-cifar10 "${fm[@]}" --model resnet8 --epochs 1 --out "$t
 [ "$(json "$tmp/he110/config.json" '["warmup_steps"]')" = 400 ] && [ "$(json "$tmp/he110/config.json" '["warmup_lr"]')" = 0.01 ] &&
   [ "$(json "$tmp/he8/config.json" '["warmup_steps"]')" = 0 ] && [ "$(json "$tmp/he8/config.json" '["milestones"]')" = "[82, 123]" ]
 check "he-cifar10: the 0.01 warm-up for ResNet-110, not for ResNet-8" $?
-# Warm-up: 8 steps at 0.01 under a 0.1 schedule train exactly like a run at 0.01.
-$MFRES train "${fm[@]}" --model resnet8 --schedule multistep --lr 0.1 --warmup-steps 8 --warmup-lr 0.01 --epochs 1 --out "$tmp/wu" >/dev/null 2>&1
+# Warm-up: an epoch (8 steps) at 0.01, then 0.1, trains exactly like an epoch at --lr 0.01 resumed at --lr 0.1.
+$MFRES train "${fm[@]}" --model resnet8 --schedule multistep --lr 0.1 --warmup-steps 8 --warmup-lr 0.01 --epochs 2 --out "$tmp/wu" >/dev/null 2>&1
 $MFRES train "${fm[@]}" --model resnet8 --schedule multistep --lr 0.01 --epochs 1 --out "$tmp/nowu" >/dev/null 2>&1
-$MFRES train "${fm[@]}" --model resnet8 --schedule multistep --lr 0.1 --warmup-steps 4 --warmup-lr 0.01 --epochs 1 --out "$tmp/wu4" >/dev/null 2>&1
-cmp -s "$tmp/wu/model.safetensors" "$tmp/nowu/model.safetensors" && ! cmp -s "$tmp/wu4/model.safetensors" "$tmp/nowu/model.safetensors"
+$MFRES train "${fm[@]}" --model resnet8 --schedule multistep --lr 0.1 --epochs 2 --resume --out "$tmp/nowu" >/dev/null 2>&1
+[ -s "$tmp/wu/model.safetensors" ] && cmp -s "$tmp/wu/model.safetensors" "$tmp/nowu/model.safetensors"
 check "warm-up steps run at --warmup-lr, and only those" $?
 
 # ---- sweep: usage errors ----
