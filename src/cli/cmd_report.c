@@ -18,18 +18,26 @@
  * CIFAR-10 (ResNet-164 with bottleneck blocks), ResNeXt-29 on CIFAR-100. */
 static const struct p1_entry {
     const char *network, *data;
+    const char *block; /* NULL: any block kind */
     double vanilla, meanfield;
 } p1_table1[] = {
-    {"resnet20", "cifar10", 8.75, 8.19},          {"resnet32", "cifar10", 7.51, 7.15},
-    {"resnet44", "cifar10", 7.17, 6.91},          {"resnet56", "cifar10", 6.97, 6.72},
-    {"resnet110", "cifar10", 6.37, 6.10},         {"resnet164", "cifar10", 5.46, 5.19},
-    {"resnext29-8x64d", "cifar100", 17.92, 17.53}, {"resnext29-16x64d", "cifar100", 17.65, 16.81},
+    {"resnet20", "cifar10", NULL, 8.75, 8.19},
+    {"resnet32", "cifar10", NULL, 7.51, 7.15},
+    {"resnet44", "cifar10", NULL, 7.17, 6.91},
+    {"resnet56", "cifar10", NULL, 6.97, 6.72},
+    {"resnet110", "cifar10", NULL, 6.37, 6.10},
+    {"resnet164", "cifar10", "bottleneck", 5.46, 5.19},
+    {"resnext29-8x64d", "cifar100", NULL, 17.92, 17.53},
+    {"resnext29-16x64d", "cifar100", NULL, 17.65, 16.81},
 };
 enum { N_P1 = sizeof p1_table1 / sizeof p1_table1[0] };
 
-static const struct p1_entry *p1_lookup(const char *network, const char *data) {
-    for (int i = 0; i < N_P1; i++)
-        if (!strcmp(p1_table1[i].network, network) && !strcmp(p1_table1[i].data, data)) return &p1_table1[i];
+static const struct p1_entry *p1_lookup(const char *network, const char *block, const char *data) {
+    for (int i = 0; i < N_P1; i++) {
+        const struct p1_entry *p = &p1_table1[i];
+        if (!strcmp(p->network, network) && !strcmp(p->data, data) && (!p->block || !strcmp(p->block, block)))
+            return p;
+    }
     return NULL;
 }
 
@@ -231,7 +239,7 @@ static void write_markdown(FILE *fp, const row *rows, int n, const char *root) {
             if (isnan(sv) || isnan(sm)) snprintf(gain, sizeof gain, "%+.2f", d);
             else snprintf(gain, sizeof gain, "%+.2f ± %.2f", d, sqrt(sv * sv / r->vanilla.n + sm * sm / r->meanfield.n));
         }
-        const struct p1_entry *p = p1_lookup(r->network, r->data);
+        const struct p1_entry *p = p1_lookup(r->network, r->block, r->data);
         if (p) {
             snprintf(p1v, sizeof p1v, "%.2f", p->vanilla);
             snprintf(p1m, sizeof p1m, "%.2f", p->meanfield);
@@ -259,7 +267,7 @@ static void write_csv(FILE *fp, const row *rows, int n) {
                 "same_configuration\n");
     for (int i = 0; i < n; i++) {
         const row *r = &rows[i];
-        const struct p1_entry *p = p1_lookup(r->network, r->data);
+        const struct p1_entry *p = p1_lookup(r->network, r->block, r->data);
         fprintf(fp, "%s,%s,%s,%s,%g", r->network, r->block, r->data, r->tau_init, r->tau_lr_mult);
         csv_number(fp, r->vanilla.n ? arm_mean(&r->vanilla) : NAN);
         csv_number(fp, arm_std(&r->vanilla));

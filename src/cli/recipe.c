@@ -21,19 +21,17 @@ typedef struct cli_recipe {
  * means the same thing on any data set. */
 static const cli_recipe recipes[] = {
     {"p1-cifar10",
-     "Lu et al. 2020 (P1), ResNets on CIFAR-10: batch 128, lr 0.1 /10 at epochs 80 and 120, 160 epochs, "
-     "wd 1e-4, momentum 0.9, pad-4 crop + flip",
+     "P1, ResNets, CIFAR-10: lr 0.1, /10 at epochs 80, 120; 160 epochs; wd 1e-4",
      "--data cifar10 --batch 128 --lr 0.1 --momentum 0.9 --wd 1e-4 --schedule multistep --milestones 80,120 "
      "--gamma 0.1 --epochs 160 --augment --flip --warmup-steps 0",
      0, NULL},
     {"p1-cifar100",
-     "P1, ResNets on CIFAR-100: as p1-cifar10 with lr /10 at epochs 150 and 225, 300 epochs (give --data cifar100:DIR)",
+     "P1, ResNets, CIFAR-100: lr 0.1, /10 at epochs 150, 225; 300 epochs; wd 1e-4",
      "--data cifar100 --batch 128 --lr 0.1 --momentum 0.9 --wd 1e-4 --schedule multistep --milestones 150,225 "
      "--gamma 0.1 --epochs 300 --augment --flip --warmup-steps 0",
      0, NULL},
     {"p1-resnext-cifar100",
-     "P1, ResNeXt-29 on CIFAR-100: batch 128, lr 0.1 /10 at epochs 150 and 225, 300 epochs, wd 5e-4, "
-     "momentum 0.9, pad-4 crop + flip (give --data cifar100:DIR)",
+     "P1, ResNeXt-29, CIFAR-100: lr 0.1, /10 at epochs 150, 225; 300 epochs; wd 5e-4",
      "--data cifar100 --batch 128 --lr 0.1 --momentum 0.9 --wd 5e-4 --schedule multistep --milestones 150,225 "
      "--gamma 0.1 --epochs 300 --augment --flip --warmup-steps 0",
      0, NULL},
@@ -42,8 +40,8 @@ static const cli_recipe recipes[] = {
      * 82, 123 and 164. ResNet-110 (and the 164 of He 2016b) start at 0.01 until
      * the training error is below 80 %, "about 400 iterations". */
     {"he-cifar10",
-     "He et al. 2016, CIFAR-10: batch 128, lr 0.1 /10 at 32k and 48k steps (epochs 82, 123), 64k steps "
-     "(164 epochs), wd 1e-4, momentum 0.9, pad-4 crop + flip; ResNet-110 and deeper: lr 0.01 for the first 400 steps",
+     "He et al. 2016, CIFAR-10: lr 0.1, /10 at 32k, 48k steps (epochs 82, 123); 164 epochs;\n"
+     "                          wd 1e-4; ResNet-110 and deeper: the first 400 steps at lr 0.01",
      "--data cifar10 --batch 128 --lr 0.1 --momentum 0.9 --wd 1e-4 --schedule multistep --milestones 82,123 "
      "--gamma 0.1 --epochs 164 --augment --flip --warmup-steps 0",
      110, "--warmup-steps 400 --warmup-lr 0.01"},
@@ -51,7 +49,9 @@ static const cli_recipe recipes[] = {
 enum { N_RECIPES = sizeof recipes / sizeof recipes[0] };
 
 void cli_recipes_help(FILE *out) {
-    for (int i = 0; i < N_RECIPES; i++) fprintf(out, "  %-20s %s\n", recipes[i].name, recipes[i].source);
+    for (int i = 0; i < N_RECIPES; i++) fprintf(out, "    %-20s  %s\n", recipes[i].name, recipes[i].source);
+    fprintf(out, "                          (all: batch 128, momentum 0.9, pad-4 crop + flip; CIFAR-100\n"
+                 "                          needs --data cifar100:DIR after the recipe)\n");
 }
 
 const char *cli_recipe_names(void) { return "p1-cifar10, p1-cifar100, p1-resnext-cifar100, he-cifar10"; }
