@@ -203,7 +203,7 @@ int mfres_run_read(const char *dir, mfres_run_record *r) {
     size_t n = strlen(r->dir);
     while (n > 1 && r->dir[n - 1] == '/') r->dir[--n] = '\0';
     const char *slash = strrchr(r->dir, '/');
-    snprintf(r->name, sizeof r->name, "%s", slash ? slash + 1 : r->dir);
+    snprintf(r->name, sizeof r->name, "%.255s", slash ? slash + 1 : r->dir);
     int rc = read_config(r);
     if (!rc) rc = read_metrics(r);
     if (!rc) rc = read_state(r);
