@@ -15,8 +15,9 @@ typedef struct mfres_epoch_record {
     double lr, train_loss, train_acc, test_loss, test_acc, images_per_s, epoch_seconds;
     int reorders;   /* -1 when absent (vanilla) */
     int particles;  /* per stage; 0 in vanilla mode */
-    double *tau;    /* [stage][particle]: particle i's tau (particle i = block i+1), NULL in vanilla mode */
-    int *order;     /* [stage][position]: the block (1-based) at each position */
+    double *tau;    /* [stage][particle]: particle i's tau (particle i = block i+1 of the stage, as the model
+                     * file numbers them: layer<s>.<i+1>), NULL in vanilla mode */
+    int *order;     /* [stage][position]: the block (1..P, as above) at each position */
 } mfres_epoch_record;
 
 typedef struct mfres_run_record {

@@ -14,6 +14,9 @@
  *                                          mean-field runs: every particle's tau
  *                                          after each epoch, and its place in
  *                                          the sorted order (1 = nearest the input)
+ * A particle's `block` is its block's number in the model file (tensors
+ * layer<stage>.<block>.*): 1..P, as metrics.jsonl's "order" counts them; block 0
+ * of each stage (the stage head, which may downsample) is not a particle.
  */
 #include <sqlite3.h>
 #include <stdint.h>
@@ -54,7 +57,9 @@ static const char schema[] =
     "  PRIMARY KEY (run_id, epoch));\n"
     "CREATE TABLE tau (\n"
     "  run_id INTEGER NOT NULL REFERENCES runs, epoch INTEGER NOT NULL, stage INTEGER NOT NULL,\n"
-    "  block INTEGER NOT NULL, tau REAL NOT NULL, position INTEGER NOT NULL,\n"
+    "  block INTEGER NOT NULL,          -- the particle's block: tensors layer<stage>.<block>.* (1..P)\n"
+    "  tau REAL NOT NULL,\n"
+    "  position INTEGER NOT NULL,       -- its place in the sorted order, 1 = right after the stage head\n"
     "  PRIMARY KEY (run_id, epoch, stage, block));\n";
 
 static int db_fail(sqlite3 *db, const char *path, const char *doing) {
