@@ -68,12 +68,14 @@ static int write_script(const char *out, const char *stem, const char *body) {
     int rc = mfres_atomic_open(&af, path);
     if (rc) return rc;
     fprintf(af.fp,
-            "# Written by mfres plot; run `gnuplot %s.gp` in this directory to redraw %s.png from %s.csv\n"
+            "# Written by mfres plot: `gnuplot %s.gp` redraws %s.png from %s.csv (the files beside it)\n"
+            "d = ARG0; i = strlen(d); while (i > 0 && d[i:i] ne '/') { i = i - 1 }\n"
+            "if (i > 0) { cd d[1:i] }\n"
             "set datafile separator ','\n"
             "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo size 1200,420 noenhanced } "
             "else { set terminal png size 1200,420 noenhanced }\n"
-            "cd '%s'\nset output '%s.png'\nset grid\n%s",
-            stem, stem, stem, out, stem, body);
+            "set output '%s.png'\nset grid\n%s",
+            stem, stem, stem, stem, body);
     if ((rc = mfres_atomic_commit(&af))) return rc;
     return mfres_gnuplot_run(path);
 }
