@@ -62,7 +62,6 @@ static void print_help(void) {
 int cli_train_parse(const char *cmd, int argc_in, char **argv_in, mfres_train_config *out_cfg, bool *out_given_p) {
     cli_args expanded;
     mfres_train_config_default(out_cfg);
-    out_cfg->warmup_lr = 0.01;
     int rc = cli_recipe_expand(cmd, argc_in, argv_in, &expanded, out_cfg->recipe, sizeof out_cfg->recipe);
     if (rc) return rc;
     rc = parse_flags(cmd, expanded.argc, expanded.argv, out_cfg, out_given_p);

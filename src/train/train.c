@@ -35,6 +35,7 @@ void mfres_train_config_default(mfres_train_config *cfg) {
     cfg->weight_decay = 1e-4;
     cfg->tau_lr_mult = 1.0;
     cfg->gamma = 0.1;
+    cfg->warmup_lr = 0.01;
     cfg->cosine = true;
     cfg->seed = 0;
     cfg->threads = 0;
