@@ -31,7 +31,6 @@ grep -q "to start (160 epochs)" "$tmp/out"; check "a recipe after --epochs overr
 $MFRES sweep --root "$tmp/r0" --status --recipe p1-cifar10 --epochs 2 >"$tmp/out" 2>&1
 grep -q "to start (2 epochs)" "$tmp/out" && [ ! -e "$tmp/r0" ]; check "--epochs after a recipe overrides it; --status writes nothing" $?
 $MFRES train --recipe p1-cifar10 "${fm[@]}" --model resnet8 --epochs 1 --out "$tmp/recipe" >/dev/null 2>&1
-[ "$(json "$tmp/recipe/config.json" '["recipe"], d["milestones"], d["weight_decay"], d["epochs"], d["batch"], d["flip"], d["schedule"]' 2>/dev/null)" = "" ] 2>/dev/null
 "$PY" - "$tmp/recipe/config.json" <<'PYEOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -39,7 +38,9 @@ want = {"recipe": "p1-cifar10", "milestones": [80, 120], "weight_decay": 1e-4, "
         "lr": 0.1, "momentum": 0.9, "schedule": "multistep", "augment": True, "flip": True, "data": "fashion-mnist",
         "warmup_steps": 0}
 bad = {k: (d.get(k), v) for k, v in want.items() if d.get(k) != v}
-sys.exit(1 if bad else 0) if not bad else (print(bad), sys.exit(1))
+if bad:
+    print("config.json, found vs wanted:", bad)
+sys.exit(1 if bad else 0)
 PYEOF
 check "config.json shows the recipe and every flag it set, with the overrides" $?
 $MFRES train --model resnet110 --recipe he-cifar10 "${fm[@]}" --train-limit 64 --test-limit 64 --epochs 1 --out "$tmp/he110" >/dev/null 2>&1
@@ -189,8 +190,6 @@ rows = list(csv.DictReader(open(path)))
 def err(name, e): return 100 * (1 - [json.loads(l) for l in open(os.path.join(root, name, "metrics.jsonl"))][e]["test_acc"])
 ok = len(rows) == 2
 for e, r in enumerate(rows):
-    for arm in ("arm1", "arm2"):
-        pass
     v = [err(f"resnet20-vanilla-s{s}", e) for s in (0, 1)]
     m = [err(f"resnet20-meanfield-s{s}", e) for s in (0, 1)]
     arms = {}
