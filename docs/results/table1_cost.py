@@ -75,7 +75,7 @@ def main(argv):
     for a in args:
         if a == "--img-per-s":
             net, ips = next(args).split("=")
-            measured[f"{net} at {ips} img/s (given)"] = gflops_from(net, float(ips))
+            measured[f"{net} at {ips} img/s"] = gflops_from(net, float(ips))
         else:
             db = sqlite3.connect(a)
             for net, in db.execute("SELECT DISTINCT network FROM runs ORDER BY network"):
