@@ -3,7 +3,7 @@
 CC ?= cc
 OPT ?= -O3 -march=native
 CFLAGS := -std=c11 -Wall -Wextra -Werror -g $(OPT) -fopenmp -D_GNU_SOURCE -Iinclude -Isrc -MMD -MP $(EXTRA_CFLAGS)
-LDLIBS := -ldnnl -lopenblas -llapacke -lz -lm -lpthread
+LDLIBS := -ldnnl -lopenblas -llapacke -lz -lsqlite3 -lm -lpthread
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 # MPI (data-parallel training, src/dist/mpi.c) when mpicc is found and MFRES_NO_MPI is unset;
 # without it the single-process backend alone is built.
@@ -27,10 +27,10 @@ BENCH_BIN := $(BUILD)/tools/allreduce_bench
 .PHONY: all test run setup features clean bench check-sanitize fuzz check-fuzz install
 all: features $(BUILD)/mfres $(BUILD)/libmfres.a
 
-# Feature detection, printed as a checklist (the build needs the first four).
+# Feature detection, printed as a checklist (the build needs the first five).
 features:
 	@printf 'mfres features:\n'
-	@for h in oneapi/dnnl/dnnl.h:oneDNN cblas.h:CBLAS lapacke.h:LAPACKE zlib.h:zlib check.h:Check; do \
+	@for h in oneapi/dnnl/dnnl.h:oneDNN cblas.h:CBLAS lapacke.h:LAPACKE zlib.h:zlib sqlite3.h:SQLite check.h:Check; do \
 	  f=$${h%%:*}; n=$${h##*:}; \
 	  if echo "#include <$$f>" | $(CC) -E -x c - >/dev/null 2>&1; then printf '  \342\234\223 %s\n' "$$n"; else printf '  \342\234\227 %s\n' "$$n"; fi; done
 	@if [ -x /usr/local/cuda/bin/nvcc ]; then printf '  \342\234\223 CUDA toolkit (GPU backend not built yet)\n'; else printf '  \342\234\227 CUDA toolkit\n'; fi

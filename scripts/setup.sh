@@ -9,6 +9,7 @@ packages=(
   libopenblas-dev      # CBLAS for dense linear algebra
   liblapacke-dev       # LAPACK (least squares in the theory lab)
   zlib1g-dev           # .gz data files
+  libsqlite3-dev sqlite3   # the run store (mfres store/sweep/report) and its command-line client
   check                # C unit-test framework
   dataset-fashion-mnist
   python3-torch python3-numpy   # reference implementation for the tests

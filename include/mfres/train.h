@@ -37,6 +37,9 @@ typedef struct mfres_train_config {
     struct mfres_dist *dist;   /* NULL: one process */
     bool sync_bn;              /* batch-norm statistics over all ranks' batch; else per rank (DDP's default) */
     long inject_drift_step;    /* testing aid: the last rank nudges one weight by 1 ulp at this global step */
+    long warmup_steps;         /* the first warmup_steps steps run at warmup_lr (He et al.'s ResNet-110 warm-up) */
+    double warmup_lr;
+    char recipe[32];           /* the --recipe the flags started from ("" none); shown in config.json */
 } mfres_train_config;
 
 typedef struct mfres_train_result {

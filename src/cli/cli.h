@@ -6,11 +6,19 @@
 #define MFRES_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "mfres/train.h"
 
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_theory(int argc, char **argv);
+int cmd_sweep(int argc, char **argv);
+int cmd_report(int argc, char **argv);
+int cmd_plot(int argc, char **argv);
+int cmd_store(int argc, char **argv);
 /* `mfres theory linear ...` (deep linear ResNets, P3). */
 int cmd_theory_linear(int argc, char **argv);
 /* `mfres theory <experiment> ...` for the particle mean-field model (P1, P2). */
@@ -37,6 +45,25 @@ int cli_flag(const char *cmd, int argc, char **argv, int *i, const char *flag, c
 /* The data set names `--data NAME[:PATH]` accepts. */
 #define CLI_DATA_NAMES "fashion-mnist, mnist, cifar10, cifar100, cifar100-coarse"
 bool cli_data_name_valid(const char *spec);
+
+/* An argument vector the CLI owns (every word malloc'd, NULL-terminated). */
+typedef struct cli_args {
+    int argc;
+    char **argv;
+} cli_args;
+void cli_args_free(cli_args *a);
+
+/* Recipes (src/cli/recipe.c). Replaces every `--recipe NAME` in argv by the
+ * recipe's flags, in place, so later flags override it; the last recipe's name
+ * goes to `recipe`. Returns 0, or 2 after a usage error naming an unknown recipe. */
+int cli_recipe_expand(const char *cmd, int argc, char **argv, cli_args *out, char *recipe, size_t recipe_cap);
+void cli_recipes_help(FILE *out);
+const char *cli_recipe_names(void);
+
+/* Parses `mfres train` flags (recipes included; argv[0] is the command name)
+ * into cfg, starting from the defaults. Returns 0, 2 after a usage error, or
+ * -1 after printing --help. *out_given says whether --out was among them. */
+int cli_train_parse(const char *cmd, int argc, char **argv, mfres_train_config *cfg, bool *out_given);
 
 /* True when stderr is a terminal (progress bars) */
 bool cli_stderr_is_tty(void);

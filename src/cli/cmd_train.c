@@ -8,7 +8,15 @@
 #include "mfres/dist.h"
 #include "mfres/train.h"
 
+static int parse_flags(const char *cmd, int argc, char **argv, mfres_train_config *cfg, bool *out_given);
+
 static void print_help(void) {
+    char recipes[2048] = "";
+    FILE *mem = fmemopen(recipes, sizeof recipes - 1, "w");
+    if (mem) {
+        cli_recipes_help(mem);
+        fclose(mem);
+    }
     printf("usage: mfres train [flags]\n"
            "\n"
            "Trains a CIFAR-style ResNet and writes DIR/config.json, DIR/metrics.jsonl and\n"
@@ -34,6 +42,10 @@ static void print_help(void) {
            "  --milestones A,B,...  multistep: epochs at which the rate is multiplied by gamma []\n"
            "  --gamma X             [0.1]\n"
            "  --tau-lr-mult X       tau's learning rate = lr * X [1]\n"
+           "  --warmup-steps N      run the first N steps at --warmup-lr [0]\n"
+           "  --warmup-lr X         [0.01]\n"
+           "  --recipe NAME         the flags of a published recipe; flags after it override it:\n"
+           "%s"
            "run:\n"
            "  --seed N              [0]\n"
            "  --threads N           [all cores]\n"
@@ -49,14 +61,23 @@ static void print_help(void) {
            "data parallel (mpirun -np N mfres train ..., docs/DISTRIBUTED.md; --batch stays global):\n"
            "  --sync-bn             batch-norm statistics over all ranks' batch [per rank, as PyTorch's DDP]\n"
            "\n"
-           "The paper's CIFAR-10 recipe: --data cifar10 --epochs 160 --milestones 80,120 --wd 1e-4\n",
-           cli_model_flags_help);
+           "The paper's CIFAR-10 recipe: --recipe p1-cifar10 (--data cifar10 --epochs 160 --milestones 80,120\n"
+           "--wd 1e-4 and the CIFAR defaults)\n",
+           cli_model_flags_help, recipes);
 }
 
-int cmd_train(int argc, char **argv) {
-    const char *cmd = "train";
-    mfres_train_config cfg;
-    mfres_train_config_default(&cfg);
+int cli_train_parse(const char *cmd, int argc_in, char **argv_in, mfres_train_config *out_cfg, bool *out_given_p) {
+    cli_args expanded;
+    mfres_train_config_default(out_cfg);
+    int rc = cli_recipe_expand(cmd, argc_in, argv_in, &expanded, out_cfg->recipe, sizeof out_cfg->recipe);
+    if (rc) return rc;
+    rc = parse_flags(cmd, expanded.argc, expanded.argv, out_cfg, out_given_p);
+    cli_args_free(&expanded);
+    return rc;
+}
+
+static int parse_flags(const char *cmd, int argc, char **argv, mfres_train_config *out_cfg, bool *out_given_p) {
+    mfres_train_config cfg = *out_cfg;
     bool out_given = false, schedule_given = false;
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -67,7 +88,7 @@ int cmd_train(int argc, char **argv) {
         if (r == 1) continue;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             print_help();
-            return 0;
+            return -1;
         }
         if ((r = cli_flag(cmd, argc, argv, &i, "--data", &v))) {
             if (r < 0) return 2;
@@ -136,6 +157,12 @@ int cmd_train(int argc, char **argv) {
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--tau-lr-mult", &v))) {
             if (r < 0 || cli_parse_double(cmd, "--tau-lr-mult", v, 0, 1e6, &d)) return 2;
             cfg.tau_lr_mult = d;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--warmup-steps", &v))) {
+            if (r < 0 || cli_parse_long(cmd, "--warmup-steps", v, 0, 1L << 40, &x)) return 2;
+            cfg.warmup_steps = x;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--warmup-lr", &v))) {
+            if (r < 0 || cli_parse_double(cmd, "--warmup-lr", v, 0, 100, &d)) return 2;
+            cfg.warmup_lr = d;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--inject-nan-step", &v))) {
             /* Testing aid (not in --help): makes the loss NaN at this global step. */
             if (r < 0 || cli_parse_long(cmd, "--inject-nan-step", v, 1, 1L << 40, &x)) return 2;
@@ -168,6 +195,19 @@ int cmd_train(int argc, char **argv) {
                  mfres_block_name(cfg.model.block), mfres_mode_name(cfg.model.mode), (unsigned long long)cfg.seed);
     }
     if (cfg.allow_change[0] && !cfg.resume) return cli_usage_error(cmd, "--allow-change only applies with --resume");
+    *out_cfg = cfg;
+    *out_given_p = out_given;
+    return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+    const char *cmd = "train";
+    mfres_train_config cfg;
+    bool out_given;
+    int prc = cli_train_parse(cmd, argc, argv, &cfg, &out_given);
+    if (prc) return prc < 0 ? 0 : prc;
+    char tag[48];
+    cli_model_tag(&cfg.model, tag, sizeof tag);
     /* Under mpirun this process is one rank of a job (MPI_Init happens here). */
     mfres_dist dist;
     if (mfres_dist_init(&dist, &argc, &argv)) return cli_runtime_error(cmd);

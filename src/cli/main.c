@@ -14,6 +14,10 @@ static void print_usage(FILE *out) {
             "  eval      evaluate a saved model (model.safetensors) on a data set\n"
             "  bench     training and inference images/s for a model and input shape\n"
             "  theory    numerical experiments on the papers' models (run 'mfres theory --help')\n"
+            "  sweep     a restartable grid of runs (models x modes x seeds) under one root\n"
+            "  store     rebuild ROOT/runs.sqlite, the SQLite index of the runs under ROOT\n"
+            "  report    Table 1 from a sweep root: final-epoch test error beside P1's figures\n"
+            "  plot      test error, tau and block order against epoch (gnuplot PNG)\n"
             "\n"
             "'mfres <command> --help' lists a command's flags.\n");
 }
@@ -25,11 +29,15 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "theory")) return cmd_theory(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sweep")) return cmd_sweep(argc - 1, argv + 1);
+    if (!strcmp(cmd, "store")) return cmd_store(argc - 1, argv + 1);
+    if (!strcmp(cmd, "report")) return cmd_report(argc - 1, argv + 1);
+    if (!strcmp(cmd, "plot")) return cmd_plot(argc - 1, argv + 1);
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         print_usage(stdout);
         return 0;
     }
-    fprintf(stderr, "mfres: error: unknown command '%s' (valid: train, eval, bench, theory)\n\n", cmd);
+    fprintf(stderr, "mfres: error: unknown command '%s' (valid: train, eval, bench, theory, sweep, store, report, plot)\n\n", cmd);
     print_usage(stderr);
     return 2;
 }

@@ -43,6 +43,7 @@ void mfres_train_config_default(mfres_train_config *cfg) {
     cfg->weight_decay = 1e-4;
     cfg->tau_lr_mult = 1.0;
     cfg->gamma = 0.1;
+    cfg->warmup_lr = 0.01;
     cfg->cosine = true;
     cfg->seed = 0;
     cfg->threads = 0;
@@ -66,7 +67,7 @@ int mfres_set_threads(int threads) {
 
 void mfres_train_config_write_json(const mfres_train_config *c, FILE *fp) {
     const mfres_model_config *m = &c->model;
-    fprintf(fp, "{\n  \"data\": \"%s\",\n", c->data);
+    fprintf(fp, "{\n  \"recipe\": \"%s\",\n  \"data\": \"%s\",\n", c->recipe, c->data);
     if (m->family == MFRES_FAMILY_RESNEXT)
         fprintf(fp, "  \"model\": \"resnext%d-%dx%dd\",\n  \"cardinality\": %d,\n  \"group_width\": %d,\n", m->depth,
                 m->cardinality, m->group_width, m->cardinality, m->group_width);
@@ -82,7 +83,8 @@ void mfres_train_config_write_json(const mfres_train_config *c, FILE *fp) {
     fprintf(fp, "  \"weight_decay\": %.9g,\n  \"nesterov\": %s,\n  \"schedule\": \"%s\",\n  \"milestones\": [",
             c->weight_decay, c->nesterov ? "true" : "false", c->cosine ? "cosine" : "multistep");
     for (int i = 0; i < c->n_milestones; i++) fprintf(fp, "%s%ld", i ? ", " : "", c->milestones[i]);
-    fprintf(fp, "],\n  \"gamma\": %.9g,\n  \"seed\": %llu,\n  \"threads\": %d,\n", c->gamma,
+    fprintf(fp, "],\n  \"warmup_steps\": %ld,\n  \"warmup_lr\": %.9g,", c->warmup_steps, c->warmup_lr);
+    fprintf(fp, "\n  \"gamma\": %.9g,\n  \"seed\": %llu,\n  \"threads\": %d,\n", c->gamma,
             (unsigned long long)c->seed, c->threads);
     fprintf(fp, "  \"augment\": %s,\n  \"flip\": %s,\n  \"train_limit\": %d,\n  \"test_limit\": %d,\n",
             c->augment ? "true" : "false", c->flip ? "true" : "false", c->train_limit, c->test_limit);
@@ -485,6 +487,8 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
             double loss;
             int hits;
             if (cfg.cosine) opt.lr = (float)mfres_lr_cosine(cfg.lr, res->steps, (long)batches * cfg.epochs);
+            float scheduled_lr = opt.lr;
+            if (res->steps < cfg.warmup_steps) opt.lr = (float)cfg.warmup_lr;
             rc = mfres_model_forward(&m, images, labels, true, &loss, &hits);
             if (cfg.inject_nan_step && res->steps + 1 == cfg.inject_nan_step) loss = NAN;
             bool bad = rc == MFRES_ENUMERIC || !isfinite(loss);
@@ -504,6 +508,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
             mfres_optimizer_step(&opt, &m);
             if (cfg.inject_drift_step && res->steps + 1 == cfg.inject_drift_step && rank == ranks - 1)
                 m.params[0] = nextafterf(m.params[0], INFINITY);
+            opt.lr = scheduled_lr;
             if (m.n_tau) reorders += mfres_model_last_reorders(&m);
             loss_sum += stats.loss_sum, correct += (long)stats.correct, seen += (long)stats.seen;
             step++, res->steps++;

@@ -1,0 +1,17 @@
+# Written by mfres plot: `gnuplot tau_resnet56-meanfield-s1.gp` redraws tau_resnet56-meanfield-s1.png from tau_resnet56-meanfield-s1.csv (the files beside it)
+d = ARG0; i = strlen(d); while (i > 0 && d[i:i] ne '/') { i = i - 1 }
+if (i > 0) { cd d[1:i] }
+set datafile separator ','
+if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) { set terminal pngcairo size 1200,420 noenhanced } else { set terminal png size 1200,420 noenhanced }
+set output 'tau_resnet56-meanfield-s1.png'
+set grid
+set multiplot layout 1,3 title 'resnet56-meanfield-s1, tau of each particle'
+set xlabel 'epoch'
+set ylabel 'tau'
+unset key
+set xtics 1
+do for [s=1:3] {
+  set title sprintf('stage %d', s)
+  plot for [b=1:8] 'tau_resnet56-meanfield-s1.csv' using 1:(column(1 + (s-1)*8 + b)) with linespoints pt 7 ps 0.4
+}
+unset multiplot
