@@ -212,7 +212,10 @@ START_TEST(test_model_round_trip_and_metadata) {
         {"format_version", "2", "format_version"},
         {"format_version", "1x", "format_version"},
         {"mode", "sideways", "one of vanilla, meanfield"},
-        {"block", "bottleneck", "one of postact, preact"},
+        {"block", "middle", "one of postact, preact, bottleneck"},
+        {"block", "bottleneck", "9n+2"}, /* the file's depth 8 fits no bottleneck */
+        {"family", "alexnet", "one of resnet, resnext"},
+        {"family", "resnext", "'cardinality'"}, /* a ResNeXt needs its cardinality and group width */
         {"tau_init", "random", "tau_init"},
         {"depth", "abc", "'depth' should be an integer"},
         {"depth", "4", "'depth'"},
