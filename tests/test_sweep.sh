@@ -51,7 +51,7 @@ check "he-cifar10: the 0.01 warm-up for ResNet-110, not for ResNet-8" $?
 # Warm-up: an epoch (8 steps) at 0.01, then 0.1, trains exactly like an epoch at --lr 0.01 resumed at --lr 0.1.
 $MFRES train "${fm[@]}" --model resnet8 --schedule multistep --lr 0.1 --warmup-steps 8 --warmup-lr 0.01 --epochs 2 --out "$tmp/wu" >/dev/null 2>&1
 $MFRES train "${fm[@]}" --model resnet8 --schedule multistep --lr 0.01 --epochs 1 --out "$tmp/nowu" >/dev/null 2>&1
-$MFRES train "${fm[@]}" --model resnet8 --schedule multistep --lr 0.1 --epochs 2 --resume --out "$tmp/nowu" >/dev/null 2>&1
+$MFRES train "${fm[@]}" --model resnet8 --schedule multistep --lr 0.1 --epochs 2 --resume --allow-change lr --out "$tmp/nowu" >/dev/null 2>&1
 [ -s "$tmp/wu/model.safetensors" ] && cmp -s "$tmp/wu/model.safetensors" "$tmp/nowu/model.safetensors"
 check "warm-up steps run at --warmup-lr, and only those" $?
 

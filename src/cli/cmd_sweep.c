@@ -300,7 +300,6 @@ static int run_sweep(const char *cmd, const char *root, grid *g, cli_args *share
                     cli_args_free(&args);
                     if (!rc) {
                         snprintf(cfgs[n_points].out_dir, sizeof cfgs[n_points].out_dir, "%s/%s", root, p->name);
-                        cfgs[n_points].resume = true;
                     }
                     n_points++;
                 }
@@ -404,6 +403,11 @@ static int run_sweep(const char *cmd, const char *root, grid *g, cli_args *share
                    cfgs[i].epochs);
         else printf("[%d/%d] %s: starting (%d epochs)\n", i + 1, n_points, points[i].name, cfgs[i].epochs);
         fflush(stdout);
+        /* A run with a complete epoch continues from it (the sweep's --threads may differ from the run's); one
+         * killed before its first epoch ended holds nothing to keep and starts over. */
+        cfgs[i].resume = r && r->epochs_done > 0;
+        cfgs[i].overwrite = r && r->epochs_done == 0;
+        if (cfgs[i].resume) snprintf(cfgs[i].allow_change, sizeof cfgs[i].allow_change, "threads");
         mfres_train_result res;
         if (mfres_train(&cfgs[i], &res)) {
             fprintf(stderr, "mfres sweep: error: run %s: %s\n", cfgs[i].out_dir, mfres_last_error());
