@@ -228,7 +228,7 @@ static void build_table(table_builder *tb, mfres_arch *a) {
     mfres_model *m = tb->m;
     const mfres_model_config *c = &m->cfg;
     int n = m->blocks_per_stage;
-    char prefix[24], name[64];
+    char prefix[32], name[64];
     add_conv(tb, "conv1.weight", &a->stem);
     if (a->stem_bn) add_bn(tb, "bn1", &a->stem_norm);
     for (int s = 0; s < ARCH_STAGES; s++)
