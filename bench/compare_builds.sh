@@ -10,9 +10,12 @@ old=$1; new=$2; rounds=${3:-5}; threads=${4:-2}; shift 4 2>/dev/null || shift $#
 flags=("$@")
 [ ${#flags[@]} -gt 0 ] || flags=(--model resnet20 --batch 128 --input 3x32x32)
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# The order alternates each round (old-new, new-old, ...): this machine's speed drifts within minutes, and a
+# fixed order turned that drift into a false 5-10 % difference between two builds.
+run() { "$1" bench "${flags[@]}" --mode vanilla --threads "$threads" --iters 6 | tail -1 >> "$2"; }
 for r in $(seq "$rounds"); do
-  "$old" bench "${flags[@]}" --mode vanilla --threads "$threads" --iters 6 | tail -1 >> "$tmp/old"
-  "$new" bench "${flags[@]}" --mode vanilla --threads "$threads" --iters 6 | tail -1 >> "$tmp/new"
+  if [ $((r % 2)) -eq 1 ]; then run "$old" "$tmp/old"; run "$new" "$tmp/new"
+  else run "$new" "$tmp/new"; run "$old" "$tmp/old"; fi
 done
 med() { sed -n "s/.*$2=\([0-9.]*\).*/\1/p" "$1" | sort -n | awk '{ a[NR] = $1 } END { printf "%.1f", a[int((NR + 1) / 2)] }'; }
 printf '%s, %s threads, %s rounds interleaved (medians, images/s)\n' "${flags[*]}" "$threads" "$rounds"
