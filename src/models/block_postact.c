@@ -137,8 +137,7 @@ int block_postact_infer_fold(infer_plan *p, const mfres_model *m, infer_pos *b) 
 
 int block_postact_infer(infer_plan *p, const mfres_model *m, infer_pos *b, int *x, profiler *prof) {
     const arch_block *s = b->shape;
-    const nn_ctx *ctx = p->ctx;
-    int st = b->stage, last = s->n_conv - 1, N = p->chunk;
+    int st = b->stage, last = s->n_conv - 1;
     unsigned used = 1u << *x;
     int in = *x;
     for (int i = 0; i < last; i++) {
@@ -148,22 +147,11 @@ int block_postact_infer(infer_plan *p, const mfres_model *m, infer_pos *b, int *
         if (in != *x) used &= ~(1u << in);
         used |= 1u << t, in = t;
     }
-    int out = *x;
-    if (s->shortcut != SHORTCUT_IDENTITY) {
-        out = infer_free_buffer(used);
-        if (s->shortcut == SHORTCUT_OPTION_A) {
-            int in_block = p->nhwc_stage1 && s->stage == 1 ? s->c_in : ctx->block; /* stage 1 may be NHWC */
-            PROFILE_VOID("shortcut A", st, 0,
-                         nn_shortcut_a_forward(p->buf[out], p->buf[*x], N, s->c_in, s->h_in, s->w_in, in_block,
-                                               ctx->block));
-        } else {
-            int rc = infer_conv_run(p, &b->proj, &s->proj, out, *x, prof, "conv (projection, BN folded)", st);
-            if (rc) return rc;
-        }
-    }
-    int rc = infer_conv_run(p, &b->conv[last], &s->conv[last], out, in, prof, "conv+add+relu (BN, h folded)", st);
+    int out, rc = infer_shortcut(p, b, *x, used, prof, "conv (projection, BN folded)", &out);
     if (rc) return rc;
-    (void)m;
+    rc = infer_conv_run(p, &b->conv[last], &s->conv[last], out, in, prof, "conv+add+relu (BN, h folded)", st);
+    if (rc) return rc;
+    (void)m; /* the folds (block_postact_infer_fold) read the model; the pass needs only the plan */
     *x = out;
     return MFRES_OK;
 }

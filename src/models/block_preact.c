@@ -135,7 +135,7 @@ int block_preact_infer(infer_plan *p, const mfres_model *m, infer_pos *b, int *x
     const arch_block *s = b->shape;
     const arch_block *bp = arch_params_at(m, b->stage, b->index);
     const nn_ctx *ctx = p->ctx;
-    int st = b->stage, last = s->n_conv - 1, N = p->chunk;
+    int st = b->stage, last = s->n_conv - 1;
     unsigned used = 1u << *x;
     int a = infer_free_buffer(used);
     const arch_bn *bn0 = &bp->bn[0];
@@ -152,20 +152,9 @@ int block_preact_infer(infer_plan *p, const mfres_model *m, infer_pos *b, int *x
         used &= ~(1u << in);
         used |= 1u << t, in = t;
     }
-    int out = *x;
-    if (s->shortcut != SHORTCUT_IDENTITY) {
-        out = infer_free_buffer(used);
-        if (s->shortcut == SHORTCUT_OPTION_A) {
-            int in_block = p->nhwc_stage1 && s->stage == 1 ? s->c_in : ctx->block; /* stage 1 may be NHWC */
-            PROFILE_VOID("shortcut A", st, 0,
-                         nn_shortcut_a_forward(p->buf[out], p->buf[*x], N, s->c_in, s->h_in, s->w_in, in_block,
-                                               ctx->block));
-        } else {
-            int rc = infer_conv_run(p, &b->proj, &s->proj, out, *x, prof, "conv (projection)", st);
-            if (rc) return rc;
-        }
-    }
-    int rc = infer_conv_run(p, &b->conv[last], &s->conv[last], out, in, prof, "conv+add (h folded)", st);
+    int out, rc = infer_shortcut(p, b, *x, used, prof, "conv (projection)", &out);
+    if (rc) return rc;
+    rc = infer_conv_run(p, &b->conv[last], &s->conv[last], out, in, prof, "conv+add (h folded)", st);
     if (rc) return rc;
     *x = out;
     return MFRES_OK;

@@ -142,6 +142,21 @@ int infer_conv_run(infer_plan *p, infer_conv *c, const arch_conv *s, int out, in
     return MFRES_OK;
 }
 
+int infer_shortcut(infer_plan *p, infer_pos *b, int x, unsigned used, profiler *prof, const char *proj_kind,
+                   int *out) {
+    const arch_block *s = b->shape;
+    *out = x;
+    if (s->shortcut == SHORTCUT_IDENTITY) return MFRES_OK;
+    *out = infer_free_buffer(used);
+    if (s->shortcut == SHORTCUT_PROJECTION)
+        return infer_conv_run(p, &b->proj, &s->proj, *out, x, prof, proj_kind, b->stage);
+    int in_block = p->nhwc_stage1 && s->stage == 1 ? s->c_in : p->ctx->block; /* stage 1 may be NHWC */
+    PROFILE_VOID("shortcut A", b->stage, 0,
+                 nn_shortcut_a_forward(p->buf[*out], p->buf[x], p->chunk, s->c_in, s->h_in, s->w_in, in_block,
+                                       p->ctx->block));
+    return MFRES_OK;
+}
+
 static size_t conv_weights(const arch_conv *c) { return (size_t)c->K * (c->C / c->groups) * c->R * c->R; }
 
 int infer_plan_create(infer_plan **plan, const mfres_model *m, const nn_ctx *ctx) {

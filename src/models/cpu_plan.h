@@ -159,6 +159,10 @@ int infer_fold(infer_plan *p, infer_conv *conv, const arch_conv *shape, const ar
 /* Runs an inference convolution from buffer `in` into buffer `out`. */
 int infer_conv_run(infer_plan *p, infer_conv *c, const arch_conv *shape, int out, int in, profiler *prof,
                    const char *kind, int stage);
+/* The shortcut of a block on the stream in buffer x: *out = x (identity), or a
+ * free buffer (not in `used`) holding option A or the folded projection. */
+int infer_shortcut(infer_plan *p, infer_pos *b, int x, unsigned used, profiler *prof, const char *proj_kind,
+                   int *out);
 /* A buffer not in use (`used` is a bit set of buffers). */
 int infer_free_buffer(unsigned used);
 
