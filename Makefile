@@ -75,9 +75,11 @@ test: setup
 	@bash tests/run_tests.sh
 
 # The default job: ResNet-20, mean-field training, Fashion-MNIST, short schedule.
+# --overwrite: `make run` again starts the default run over (a plain `mfres train`
+# refuses a directory that holds a run).
 run: setup
 	@$(MAKE) --no-print-directory all
-	./$(BUILD)/mfres train
+	./$(BUILD)/mfres train --overwrite
 
 bench: all $(BENCH_BIN)
 	bash bench/compare_pytorch.sh
