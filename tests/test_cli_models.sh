@@ -7,18 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 MFRES=${MFRES_BUILD:-build}/mfres
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() { # description, condition result
-  if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi
-}
-expect_exit() { # want, description, grep pattern for stderr, command...
-  local want=$1 desc=$2 pattern=$3; shift 3
-  "$@" >"$tmp/out" 2>"$tmp/err"; local got=$?
-  if [ "$got" -eq "$want" ] && grep -q -- "$pattern" "$tmp/err"; then echo "ok   $desc"
-  else echo "FAIL $desc (exit $got, want $want; stderr: $(head -c 300 "$tmp/err"))"; fails=$((fails+1)); fi
-}
+. tests/lib.sh  # tmp, fails, check, expect_exit (the cd above put us at the top)
 
 expect_exit 2 "unknown model" "resnext29-8x64d" $MFRES train --model vgg16
 expect_exit 2 "malformed ResNeXt name" "resnextN-CxDd" $MFRES train --model resnext29-8x

@@ -11,12 +11,7 @@ set -u
 cd "$(dirname "$0")/.."
 MFRES=${MFRES_BUILD:-build}/mfres
 PY=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() { # description, condition result
-  if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi
-}
+. tests/lib.sh  # tmp, fails, check, expect_exit (the cd above put us at the top)
 expect_fail() { # want ("nonzero" or a status), description, grep pattern for the output, command...
   local want=$1 desc=$2 pattern=$3; shift 3
   "$@" >"$tmp/out" 2>&1; local got=$?
