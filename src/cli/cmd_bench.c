@@ -1,4 +1,5 @@
-/* mfres bench: training and inference images/s on synthetic data. */
+/* mfres bench: training and inference images/s on synthetic data, on the CPU
+ * or the GPU (--device cuda). */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -6,7 +7,9 @@
 
 #include "cli/cli.h"
 #include "cli/model_flags.h"
+#include "gpu/gpu.h"
 #include "mfres/core.h"
+#include "mfres/device.h"
 #include "mfres/model.h"
 #include "mfres/optim.h"
 #include "mfres/train.h"
@@ -16,17 +19,69 @@ static void print_help(void) {
            "\n"
            "Times training steps (forward, backward, optimiser) and inference on random\n"
            "data and prints images/s; the last line is machine-readable:\n"
-           "  train_images_per_s=... infer_images_per_s=...\n"
+           "  train_images_per_s=... infer_images_per_s=... device=... precision=... model=...\n"
+           "     block=... mode=... batch=... iters=...\n"
+           "On the GPU a training step is train's: the batch gathered, normalised and\n"
+           "augmented on the device from bytes uploaded once, forward, backward, SGD and\n"
+           "Algorithm 1; inference is eval's (a float batch from the host, the forward).\n"
            "\n"
            "  --input CxHxW         input shape [3x32x32]\n"
            "  --classes N           [10]\n"
            "  --iters N             timed steps per measurement [10]\n"
            "  --warmup N            untimed steps first [2]\n"
            "  --threads N           [all cores]\n"
-           "  --profile             also a per-kernel table of a training step (where the time goes)\n"
-           "  --gemm                instead: the machine's cblas_sgemm peak (N = 1024, 2048)\n"
-           "%s",
-           cli_model_flags_help);
+           "  --profile             also a per-kernel table of a training step (where the time goes; CPU)\n"
+           "  --gemm                instead: the machine's cblas_sgemm peak (N = 1024, 2048; CPU)\n"
+           "%s%s",
+           cli_model_flags_help, cli_device_flags_help);
+}
+
+/* Training steps on the GPU as `mfres train --device cuda` takes them (one
+ * gpu_train_step each: gather, normalise, crop and flip on the device, forward,
+ * backward, SGD, Algorithm 1). The model's API has no verb for that step, so
+ * bench drives the plan as train.c does. The data: GPU_BENCH_BATCHES batches
+ * of random bytes, uploaded once, random crops and flips. */
+#define GPU_BENCH_BATCHES 8
+static int gpu_train_steps(mfres_model *m, mfres_optimizer *opt, long warmup, long iters, double *seconds) {
+    const mfres_model_config *c = &m->cfg;
+    long n = (long)GPU_BENCH_BATCHES * c->batch;
+    size_t image = (size_t)c->in_c * c->in_h * c->in_w;
+    mfres_dataset ds = {.n = (int)n, .c = c->in_c, .h = c->in_h, .w = c->in_w, .num_classes = c->num_classes};
+    ds.pixels = malloc((size_t)n * image);
+    ds.labels = malloc((size_t)n);
+    float *lut = malloc((size_t)c->in_c * 256 * sizeof(float));
+    uint32_t *perm = malloc((size_t)n * sizeof(uint32_t));
+    int8_t *oy = malloc((size_t)n), *ox = malloc((size_t)n);
+    uint8_t *flip = malloc((size_t)n);
+    int rc = MFRES_OK;
+    if (!ds.pixels || !ds.labels || !lut || !perm || !oy || !ox || !flip)
+        rc = mfres_fail(MFRES_ENOMEM, "out of memory for %ld synthetic images", n);
+    if (!rc) {
+        mfres_rng rng;
+        mfres_rng_seed(&rng, 3);
+        uint32_t classes = c->num_classes < 256 ? (uint32_t)c->num_classes : 256;
+        for (size_t i = 0; i < (size_t)n * image; i++) ds.pixels[i] = (uint8_t)mfres_rng_below(&rng, 256);
+        for (long i = 0; i < n; i++) {
+            ds.labels[i] = (uint8_t)mfres_rng_below(&rng, classes);
+            perm[i] = (uint32_t)i;
+            oy[i] = (int8_t)((int)mfres_rng_below(&rng, 9) - 4), ox[i] = (int8_t)((int)mfres_rng_below(&rng, 9) - 4);
+            flip[i] = (uint8_t)mfres_rng_below(&rng, 2);
+        }
+        for (int ch = 0; ch < c->in_c; ch++)
+            for (int b = 0; b < 256; b++) lut[ch * 256 + b] = (b / 255.0f - 0.5f) / 0.25f;
+        if (!(rc = gpu_optim_upload(m->gpu, m, opt)) && !(rc = gpu_data_upload(m->gpu, &ds, lut)))
+            rc = gpu_data_epoch(m->gpu, perm, oy, ox, flip, n);
+    }
+    double t = 0;
+    for (long it = 0; !rc && it < warmup + iters; it++) {
+        gpu_step_result res;
+        double t0 = mfres_now();
+        rc = gpu_train_step(m->gpu, m, (it % GPU_BENCH_BATCHES) * c->batch, opt->lr, &res);
+        if (it >= warmup) t += mfres_now() - t0;
+    }
+    *seconds = t;
+    free(ds.pixels), free(ds.labels), free(lut), free(perm), free(oy), free(ox), free(flip);
+    return rc;
 }
 
 /* The dense-GEMM rate this machine sustains: the yardstick for "fraction of peak". */
@@ -57,9 +112,12 @@ int cmd_bench(int argc, char **argv) {
     cfg.in_c = 3, cfg.in_h = 32, cfg.in_w = 32;
     long iters = 10, warmup = 2, threads = 0, classes = 10;
     bool gemm = false, profile = false;
+    mfres_device device = MFRES_DEVICE_CPU;
+    mfres_precision precision = MFRES_PRECISION_FP32;
     for (int i = 1; i < argc; i++) {
         const char *v;
         int r = cli_model_flag(cmd, argc, argv, &i, &cfg);
+        if (r == 0) r = cli_device_flag(cmd, argc, argv, &i, &device, &precision);
         if (r == 2) return 2;
         if (r == 1) continue;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -90,10 +148,23 @@ int cmd_bench(int argc, char **argv) {
     }
     cfg.num_classes = (int)classes;
     if (cli_model_flags_check(cmd, &cfg)) return 2;
+    bool gpu = device == MFRES_DEVICE_CUDA;
+    if (gpu && gemm) return cli_usage_error(cmd, "--gemm measures the CPU's cblas_sgemm; drop --device cuda");
+    if (gpu && profile)
+        return cli_usage_error(cmd, "--profile times the CPU's kernels; on the GPU use Nsight Systems "
+                                    "(nsys profile build/mfres bench --device cuda ...)");
+    if (cli_device_check(cmd, device, precision)) return 2;
     int nthreads = mfres_set_threads((int)threads);
     if (gemm) return bench_gemm();
     mfres_model m;
     if (mfres_model_create(&m, &cfg, 1)) return cli_runtime_error(cmd);
+    if (mfres_model_set_device(&m, device, precision)) {
+        int rc = cli_runtime_error(cmd);
+        mfres_model_free(&m);
+        return rc;
+    }
+    char device_desc[256];
+    mfres_device_describe(device, device_desc, sizeof device_desc);
     size_t n_in = (size_t)cfg.batch * cfg.in_c * cfg.in_h * cfg.in_w;
     float *images = malloc(n_in * sizeof(float));
     int32_t *labels = malloc(cfg.batch * sizeof(int32_t));
@@ -105,7 +176,8 @@ int cmd_bench(int argc, char **argv) {
     /* A small rate keeps the random-label loss finite over many steps. */
     int rc = mfres_optimizer_init(&opt, &m, 0.001f, 0.9f, 1e-4f, false, 1.0f);
     double loss, t_train = 0, t_infer = 0;
-    for (long it = 0; !rc && it < warmup + iters; it++) {
+    if (!rc && gpu) rc = gpu_train_steps(&m, &opt, warmup, iters, &t_train);
+    for (long it = 0; !rc && !gpu && it < warmup + iters; it++) {
         double t0 = mfres_now();
         if ((rc = mfres_model_forward(&m, images, labels, true, &loss, NULL)) || (rc = mfres_model_backward(&m))) break;
         mfres_optimizer_step(&opt, &m);
@@ -154,13 +226,18 @@ int cmd_bench(int argc, char **argv) {
         printf("model %s %s %s, batch %d, input %dx%dx%d, %d threads, %ld timed steps\n", tag,
                mfres_block_name(cfg.block), mfres_mode_name(cfg.mode), cfg.batch, cfg.in_c, cfg.in_h, cfg.in_w,
                nthreads, iters);
+        printf("  device %s, precision %s: %s\n", mfres_device_name(device), mfres_precision_name(precision),
+               device_desc);
         printf("  %zu parameters (%.2f M), %.1f MFLOPs per image forward\n", m.n_params, m.n_params / 1e6,
                m.forward_flops / 1e6);
         printf("  training:  %8.1f images/s  %6.1f ms/step  %6.1f GFLOP/s (3x forward FLOPs)\n", train_ips,
                1e3 * t_train / iters, train_ips * 3 * m.forward_flops / 1e9);
         printf("  inference: %8.1f images/s  %6.1f ms/step  %6.1f GFLOP/s\n", infer_ips, 1e3 * t_infer / iters,
                infer_ips * m.forward_flops / 1e9);
-        printf("train_images_per_s=%.1f infer_images_per_s=%.1f\n", train_ips, infer_ips);
+        printf("train_images_per_s=%.1f infer_images_per_s=%.1f device=%s precision=%s model=%s block=%s mode=%s "
+               "batch=%d iters=%ld\n",
+               train_ips, infer_ips, mfres_device_name(device), mfres_precision_name(precision), tag,
+               mfres_block_name(cfg.block), mfres_mode_name(cfg.mode), cfg.batch, iters);
     }
     mfres_optimizer_free(&opt);
     mfres_model_free(&m);

@@ -11,17 +11,22 @@
 
 static void print_help(void) {
     printf("usage: mfres eval --model-file FILE [--data NAME[:PATH]] [--batch N] [--threads N] [--split test|train]\n"
-           "                  [--limit K]\n"
+           "                  [--limit K] [--device cpu|cuda] [--precision fp32|tf32|bf16]\n"
            "\n"
            "Rebuilds the network described in FILE (a model.safetensors written by mfres train),\n"
            "evaluates it with its running batch-norm statistics and prints loss and accuracy.\n"
            "--data defaults to the data set the model was trained on. --limit K evaluates\n"
-           "the first K images only (as mfres train --test-limit does).\n");
+           "the first K images only (as mfres train --test-limit does). A model trained on\n"
+           "either device evaluates on either.\n"
+           "\n%s",
+           cli_device_flags_help);
 }
 
 int cmd_eval(int argc, char **argv) {
     const char *cmd = "eval", *model_file = NULL, *data_spec = NULL, *split = "test";
     long batch = 256, threads = 0, limit = 0;
+    mfres_device device = MFRES_DEVICE_CPU;
+    mfres_precision precision = MFRES_PRECISION_FP32;
     for (int i = 1; i < argc; i++) {
         const char *v;
         int r;
@@ -29,7 +34,9 @@ int cmd_eval(int argc, char **argv) {
             print_help();
             return 0;
         }
-        if ((r = cli_flag(cmd, argc, argv, &i, "--model-file", &v))) {
+        if ((r = cli_device_flag(cmd, argc, argv, &i, &device, &precision))) {
+            if (r == 2) return 2;
+        } else if ((r = cli_flag(cmd, argc, argv, &i, "--model-file", &v))) {
             if (r < 0) return 2;
             model_file = v;
         } else if ((r = cli_flag(cmd, argc, argv, &i, "--data", &v))) {
@@ -54,12 +61,18 @@ int cmd_eval(int argc, char **argv) {
         }
     }
     if (!model_file) return cli_usage_error(cmd, "--model-file FILE is required");
+    if (cli_device_check(cmd, device, precision)) return 2;
     mfres_set_threads((int)threads);
     mfres_model m;
     char trained_on[64];
     float mean[3], std[3];
     if (mfres_model_load(&m, model_file, (int)batch, trained_on, sizeof trained_on, mean, std))
         return cli_runtime_error(cmd);
+    if (mfres_model_set_device(&m, device, precision)) {
+        int rc = cli_runtime_error(cmd);
+        mfres_model_free(&m);
+        return rc;
+    }
     if (!data_spec) data_spec = trained_on[0] ? trained_on : "fashion-mnist";
     mfres_data data;
     if (mfres_data_open(&data, data_spec)) {

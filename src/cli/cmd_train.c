@@ -46,6 +46,7 @@ static void print_help(void) {
            "  --warmup-lr X         [0.01]\n"
            "  --recipe NAME         the flags of a published recipe; flags after it override it:\n"
            "%s"
+           "device (docs/GPU.md):\n%s"
            "run:\n"
            "  --seed N              [0]\n"
            "  --threads N           [all cores]\n"
@@ -63,7 +64,7 @@ static void print_help(void) {
            "\n"
            "The paper's CIFAR-10 recipe: --recipe p1-cifar10 (--data cifar10 --epochs 160 --milestones 80,120\n"
            "--wd 1e-4 and the CIFAR defaults)\n",
-           cli_model_flags_help, recipes);
+           cli_model_flags_help, recipes, cli_device_flags_help);
 }
 
 int cli_train_parse(const char *cmd, int argc_in, char **argv_in, mfres_train_config *out_cfg, bool *out_given_p) {
@@ -84,6 +85,7 @@ static int parse_flags(const char *cmd, int argc, char **argv, mfres_train_confi
         long x;
         double d;
         int r = cli_model_flag(cmd, argc, argv, &i, &cfg.model);
+        if (r == 0) r = cli_device_flag(cmd, argc, argv, &i, &cfg.device, &cfg.precision);
         if (r == 2) return 2;
         if (r == 1) continue;
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
@@ -206,6 +208,8 @@ int cmd_train(int argc, char **argv) {
     bool out_given;
     int prc = cli_train_parse(cmd, argc, argv, &cfg, &out_given);
     if (prc) return prc < 0 ? 0 : prc;
+    /* Before any data is read: a GPU that is not there is a usage error (exit 2). */
+    if (cli_device_check(cmd, cfg.device, cfg.precision)) return 2;
     char tag[48];
     cli_model_tag(&cfg.model, tag, sizeof tag);
     /* Under mpirun this process is one rank of a job (MPI_Init happens here). */

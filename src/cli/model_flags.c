@@ -20,6 +20,35 @@ const char cli_model_flags_help[] =
     "  --width N             stem width: basic blocks' stage 1 (doubled per stage) [16]; bottleneck:\n"
     "                        stage-1 bottleneck width [16]; ResNeXt [64]\n";
 
+const char cli_device_flags_help[] =
+    "  --device cpu|cuda     where the model runs: the CPU (oneDNN) or a CUDA GPU (cuDNN, cuBLAS;\n"
+    "                        docs/GPU.md). Without a usable GPU, cuda is refused (exit 2)  [cpu]\n"
+    "  --precision fp32|tf32|bf16  fp32: exact float32; tf32: convolutions and the classifier on TF32\n"
+    "                        tensor cores; bf16: convolutions and activations in bfloat16, batch norm,\n"
+    "                        loss, tau and master weights in float32. tf32 and bf16 need --device cuda [fp32]\n";
+
+int cli_device_flag(const char *cmd, int argc, char **argv, int *i, mfres_device *d, mfres_precision *p) {
+    const char *v;
+    int r;
+    if ((r = cli_flag(cmd, argc, argv, i, "--device", &v))) {
+        if (r < 0) return 2;
+        if (mfres_device_parse(v, d)) return cli_usage_error(cmd, "%s", mfres_last_error());
+        return 1;
+    }
+    if ((r = cli_flag(cmd, argc, argv, i, "--precision", &v))) {
+        if (r < 0) return 2;
+        if (mfres_precision_parse(v, p)) return cli_usage_error(cmd, "%s", mfres_last_error());
+        return 1;
+    }
+    return 0;
+}
+
+int cli_device_check(const char *cmd, mfres_device d, mfres_precision p) {
+    if (!mfres_device_check(d, p)) return 0;
+    fprintf(stderr, "mfres %s: error: %s\n", cmd, mfres_last_error());
+    return 2;
+}
+
 int cli_model_flags_check(const char *cmd, const mfres_model_config *cfg) {
     /* The architecture alone: input shape, classes and batch are checked where they are known. */
     mfres_model_config c = *cfg;
