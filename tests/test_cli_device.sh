@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# --device and --precision on the command line (docs/GPU.md). Everywhere: bad
+# values are usage errors naming the flag and the valid values (exit 2), the
+# CPU refuses tf32 and bf16, and --device cpu trains, evaluates and benches as
+# before. Then one of two branches, and the script says which ran:
+#   no GPU here (no nvidia-smi, or it lists none), or a build without CUDA:
+#     train, eval and bench --device cuda exit 2 with a message that names CUDA
+#     or the GPU and says why, before any data or model file is read;
+#   a GPU and a CUDA build: bench --device cuda runs, a tiny train --device cuda
+#     writes a model that eval on the CPU reads back to training's accuracy.
+set -u
+cd "$(dirname "$0")/.."
+MFRES=${MFRES_BUILD:-build}/mfres
+. tests/lib.sh  # tmp, fails, check, expect_exit (the cd above put us at the top)
+
+# The flags' values: exit 2 naming the flag and what it takes.
+for cmd in train "eval --model-file $tmp/none.safetensors" bench; do
+  name=${cmd%% *}
+  # shellcheck disable=SC2086
+  expect_exit 2 "$name --device tpu names the flag and cpu, cuda" "\-\-device 'tpu': expected cpu or cuda" \
+    $MFRES $cmd --device tpu
+  # shellcheck disable=SC2086
+  expect_exit 2 "$name --precision fp16 names the flag and its values" "\-\-precision 'fp16': expected fp32, tf32 or bf16" \
+    $MFRES $cmd --precision fp16
+  # shellcheck disable=SC2086
+  expect_exit 2 "$name --precision bf16 on the CPU is refused" "\-\-precision bf16 runs on the GPU only" \
+    $MFRES $cmd --precision bf16
+  # shellcheck disable=SC2086
+  expect_exit 2 "$name --device cpu --precision tf32 is refused" "\-\-precision tf32 runs on the GPU only" \
+    $MFRES $cmd --device cpu --precision tf32
+done
+expect_exit 2 "train --device needs a value" "\-\-device needs a value" $MFRES train --device
+expect_exit 2 "bench --gemm is the CPU's" "\-\-gemm measures the CPU" $MFRES bench --gemm --device cuda
+expect_exit 2 "bench --profile is the CPU's" "\-\-profile times the CPU" $MFRES bench --profile --device cuda
+$MFRES train --help | grep -q -- "--device cpu|cuda" && $MFRES eval --help | grep -q -- "--precision fp32|tf32|bf16" &&
+  $MFRES bench --help | grep -q -- "--device cpu|cuda"
+check "train, eval and bench --help list --device and --precision" $?
+
+# --device cpu --precision fp32, said out loud, is the default run.
+tiny=(--model resnet8 --batch 64 --train-limit 128 --test-limit 128 --epochs 1 --threads 2 --quiet)
+$MFRES train "${tiny[@]}" --device cpu --precision fp32 --out "$tmp/cpu" > "$tmp/cpu.txt" 2>&1
+rc=$?
+[ "$rc" -eq 0 ] && [ -s "$tmp/cpu/model.safetensors" ] && grep -q "test_acc=" "$tmp/cpu.txt"
+check "train --device cpu runs (exit $rc)" $?
+grep -q '"device": "cpu"' "$tmp/cpu/config.json" && grep -q '"precision": "fp32"' "$tmp/cpu/config.json"
+check "config.json records device and precision" $?
+$MFRES eval --model-file "$tmp/cpu/model.safetensors" --limit 128 --batch 64 --threads 2 --device cpu > "$tmp/eval.txt" 2>&1
+check "eval --device cpu runs" $?
+$MFRES bench --model resnet8 --batch 16 --iters 1 --warmup 0 --threads 2 --device cpu > "$tmp/bench.txt" 2>&1
+rc=$?
+[ "$rc" -eq 0 ] && tail -1 "$tmp/bench.txt" | grep -q "^train_images_per_s=[0-9.]* infer_images_per_s=[0-9.]* device=cpu precision=fp32 model=resnet8 " &&
+  grep -q "device cpu, precision fp32: " "$tmp/bench.txt"
+check "bench --device cpu: the device in the header, the result line parseable ($(tail -1 "$tmp/bench.txt"))" $?
+
+# Which branch: a GPU listed by nvidia-smi, and this mfres built with CUDA.
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+$MFRES bench --device cuda --model resnet8 --batch 16 --iters 1 --warmup 1 > "$tmp/probe.txt" 2>&1
+probe_rc=$?
+if [ "$gpus" -gt 0 ] && grep -q "built without the CUDA backend" "$tmp/probe.txt"; then
+  branch="a GPU, but this mfres was built without CUDA"
+elif [ "$gpus" -gt 0 ]; then
+  branch="GPU"
+else
+  branch="no GPU"
+fi
+echo "     branch: $branch (nvidia-smi lists $gpus GPUs; bench --device cuda exit $probe_rc: $(tail -1 "$tmp/probe.txt" | head -c 200))"
+
+if [ "$branch" != GPU ]; then
+  # Exit 2 naming CUDA or the GPU and saying why, before the data or model file is touched:
+  # a missing data directory or model file would be exit 1 naming the file.
+  refused() { # description, command...
+    local desc=$1; shift
+    "$@" >"$tmp/out" 2>"$tmp/err"; local got=$?
+    if [ "$got" -eq 2 ] && grep -qi "cuda\|gpu" "$tmp/err" &&
+       grep -qi "built without\|no .*gpu\|gpu.* not found\|no cuda\|driver\|no device" "$tmp/err"; then
+      echo "ok   $desc: $(head -1 "$tmp/err" | head -c 200)"
+    else
+      echo "FAIL $desc (exit $got, want 2 naming CUDA or the GPU and why; stderr: $(head -c 400 "$tmp/err"))"
+      fails=$((fails+1))
+    fi
+  }
+  refused "train --device cuda refused" $MFRES train "${tiny[@]}" --device cuda --data mnist:/nonexistent --out "$tmp/gpu"
+  [ ! -e "$tmp/gpu" ]; check "the refused train wrote nothing" $?
+  refused "train --device cuda --precision bf16 refused" $MFRES train "${tiny[@]}" --device cuda --precision bf16 --out "$tmp/gpu"
+  refused "eval --device cuda refused" $MFRES eval --device cuda --model-file "$tmp/nothere.safetensors"
+  refused "eval --device cuda of a real model refused" $MFRES eval --device cuda --model-file "$tmp/cpu/model.safetensors"
+  refused "bench --device cuda refused" $MFRES bench --device cuda --model resnet8 --iters 1 --warmup 0
+else
+  $MFRES train "${tiny[@]}" --train-limit 1024 --test-limit 512 --device cuda --out "$tmp/gpu" > "$tmp/gpu.txt" 2>&1
+  rc=$?
+  [ "$rc" -eq 0 ] && [ -s "$tmp/gpu/model.safetensors" ] && grep -q '"device": "cuda"' "$tmp/gpu/config.json"
+  check "train --device cuda runs (exit $rc: $(tail -1 "$tmp/gpu.txt" | head -c 200))" $?
+  acc_gpu=$(tail -1 "$tmp/gpu/metrics.jsonl" 2>/dev/null | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
+  $MFRES eval --model-file "$tmp/gpu/model.safetensors" --batch 64 --limit 512 --threads 2 > "$tmp/eval.txt" 2>&1
+  acc_cpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval.txt")
+  # fp32 on both, but other convolution algorithms: a few of 512 argmaxes may differ.
+  awk -v a="${acc_gpu:-x}" -v b="${acc_cpu:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 0.011 && b - a < 0.011) }'
+  check "eval on the CPU of the GPU-trained model: training's accuracy ($acc_gpu on the GPU, ${acc_cpu:-none} on the CPU)" $?
+  acc_cpu=$(tail -1 "$tmp/cpu/metrics.jsonl" | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
+  $MFRES eval --model-file "$tmp/cpu/model.safetensors" --batch 64 --limit 128 --device cuda > "$tmp/eval2.txt" 2>&1
+  acc_gpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval2.txt")
+  awk -v a="${acc_cpu:-x}" -v b="${acc_gpu:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 0.02 && b - a < 0.02) }'
+  check "eval --device cuda of a CPU-trained model: training's accuracy ($acc_cpu on the CPU, ${acc_gpu:-none} on the GPU)" $?
+  for p in fp32 bf16; do
+    $MFRES bench --device cuda --precision $p --model resnet8 --batch 64 --iters 2 --warmup 2 > "$tmp/bench.txt" 2>&1
+    rc=$?
+    [ "$rc" -eq 0 ] && tail -1 "$tmp/bench.txt" | grep -q "device=cuda precision=$p "
+    check "bench --device cuda --precision $p ($(tail -1 "$tmp/bench.txt" | head -c 120))" $?
+  done
+fi
+
+echo "$fails failures (branch: $branch)"
+[ "$fails" -eq 0 ]
