@@ -12,12 +12,28 @@ MPI_CFLAGS := $(if $(MPICC_FOUND),$(patsubst -I%,-isystem %,$(shell mpicc --show
 MPI_LIBS := $(if $(MPICC_FOUND),$(shell mpicc --showme:link 2>/dev/null || pkg-config --libs mpi 2>/dev/null))
 MPI_STATE := $(if $(MPI_LIBS),mpi,nompi)
 LDLIBS += $(MPI_LIBS)
+# CUDA (the GPU backend, src/gpu; docs/GPU.md) when nvcc, cuDNN and cuBLAS are
+# found and MFRES_NO_CUDA is unset; without it src/gpu/none.c answers
+# --device cuda with a clear error. CUDA_ARCH: native code for the H100/H200
+# (sm_90) and the A100 (sm_80), and PTX that newer GPUs compile at load time.
+NVCC_FOUND := $(if $(MFRES_NO_CUDA),,$(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc)))
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC_FOUND))
+CUDA_OK := $(if $(NVCC_FOUND),$(and $(wildcard $(CUDA_HOME)/include/cudnn.h),$(wildcard $(CUDA_HOME)/include/cublas_v2.h)))
+CUDA_STATE := $(if $(CUDA_OK),cuda,nocuda)
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90]
+NVCCFLAGS := -std=c++17 -O3 -g -lineinfo $(CUDA_ARCH) -Iinclude -Isrc -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
+CUDA_CFLAGS := $(if $(CUDA_OK),-isystem $(CUDA_HOME)/include)
+TEST_CFLAGS := $(if $(CUDA_OK),-DMFRES_HAVE_CUDA $(CUDA_CFLAGS))
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
+LDLIBS += $(if $(CUDA_OK),$(CUDA_LIBS))
 
 BUILD := build
-LIB_SRC := $(sort $(filter-out $(if $(MPI_LIBS),,src/dist/mpi.c),$(shell find src -name '*.c' ! -path 'src/cli/*')))
+GPU_SRC := $(if $(CUDA_OK),$(filter-out src/gpu/none.c,$(wildcard src/gpu/*.c)),src/gpu/none.c)
+CU_SRC := $(if $(CUDA_OK),$(sort $(wildcard src/gpu/*.cu)))
+LIB_SRC := $(sort $(filter-out $(if $(MPI_LIBS),,src/dist/mpi.c),$(shell find src -name '*.c' ! -path 'src/cli/*' ! -path 'src/gpu/*')) $(GPU_SRC))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
@@ -33,7 +49,8 @@ features:
 	@for h in oneapi/dnnl/dnnl.h:oneDNN cblas.h:CBLAS lapacke.h:LAPACKE zlib.h:zlib sqlite3.h:SQLite check.h:Check; do \
 	  f=$${h%%:*}; n=$${h##*:}; \
 	  if echo "#include <$$f>" | $(CC) -E -x c - >/dev/null 2>&1; then printf '  \342\234\223 %s\n' "$$n"; else printf '  \342\234\227 %s\n' "$$n"; fi; done
-	@if [ -x /usr/local/cuda/bin/nvcc ]; then printf '  \342\234\223 CUDA toolkit (GPU backend not built yet)\n'; else printf '  \342\234\227 CUDA toolkit\n'; fi
+	@if [ $(CUDA_STATE) = cuda ]; then printf '  \342\234\223 CUDA backend (--device cuda; cuDNN, cuBLAS from %s)\n' '$(CUDA_HOME)'; \
+	 else printf '  \342\234\227 CUDA backend (%s; CPU only)\n' '$(if $(MFRES_NO_CUDA),MFRES_NO_CUDA set,$(if $(NVCC_FOUND),cuDNN or cuBLAS headers not found,nvcc not found))'; fi
 	@if [ $(MPI_STATE) = mpi ]; then printf '  \342\234\223 MPI (data-parallel training: mpirun -np N mfres train)\n'; else printf '  \342\234\227 MPI (single process only)\n'; fi
 	@if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import torch' 2>/dev/null; then printf '  \342\234\223 PyTorch reference tests\n'; else printf '  \342\234\227 PyTorch reference tests\n'; fi
 	@if command -v gnuplot >/dev/null 2>&1; then printf '  \342\234\223 gnuplot plots\n'; else printf '  \342\234\227 gnuplot plots (CSV only)\n'; fi
@@ -41,6 +58,11 @@ features:
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/src/gpu/%.o: CFLAGS += $(CUDA_CFLAGS)
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC_FOUND) $(NVCCFLAGS) -c $< -o $@
 
 # src/dist is compiled for the MPI state of this build; the stamp rebuilds it when that changes.
 $(BUILD)/src/dist/dist.o $(BUILD)/src/dist/mpi.o: CFLAGS += $(if $(MPI_LIBS),-DMFRES_HAVE_MPI $(MPI_CFLAGS))
@@ -57,7 +79,7 @@ $(BUILD)/mfres: $(CLI_OBJ) $(BUILD)/libmfres.a
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libmfres.a tests/testutil.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(TEST_CFLAGS) -Itests -o $@ $< $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
 
 $(BUILD)/tools/%: bench/%.c $(BUILD)/libmfres.a
 	@mkdir -p $(dir $@)
@@ -94,7 +116,7 @@ clean:
 # -march=native, so CI also proves the portable build (make OPT=-O2) compiles.
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 check-sanitize:
-	@$(MAKE) --no-print-directory BUILD=build-sanitize OPT="-O1" EXTRA_CFLAGS="$(SAN_FLAGS)" \
+	@$(MAKE) --no-print-directory BUILD=build-sanitize OPT="-O1" EXTRA_CFLAGS="$(SAN_FLAGS)" MFRES_NO_CUDA=1 \
 	  build-sanitize/mfres build-sanitize/tests/test_formats build-sanitize/tests/test_io build-sanitize/tests/test_data
 	@bash scripts/check_sanitize.sh build-sanitize
 

@@ -84,6 +84,14 @@ int mfres_loader_start_epoch(mfres_loader *l, int epoch);
  * is zero-padded up to `batch` with label -1), or returns 0 when the epoch is
  * over. The pointers stay valid until the next call. */
 int mfres_loader_next(mfres_loader *l, const float **images, const int32_t **labels, int *count);
+/* The whole of epoch `epoch` as the loader will hand it out, for a device that
+ * makes the batches itself (the GPU, docs/GPU.md): perm[pos] is the data set
+ * index at global position pos, and oy/ox/flip that image's crop offsets
+ * (relative to the unpadded image, in [-pad, pad]) and flip; n entries each,
+ * n the data set's size. Starts the epoch as mfres_loader_start_epoch does. */
+int mfres_loader_epoch_plan(mfres_loader *l, int epoch, uint32_t *perm, int8_t *oy, int8_t *ox, uint8_t *flip);
+/* The normalisation table: c x 256 floats, the value of each byte per channel. */
+const float *mfres_loader_lut(const mfres_loader *l);
 /* Number of batches per epoch under this configuration. */
 int mfres_loader_batches_per_epoch(const mfres_loader *l);
 void mfres_loader_free(mfres_loader *l);

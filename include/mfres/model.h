@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "mfres/device.h"
+
 /* Append-only: the values are stored in no file (model files store the names). */
 typedef enum { MFRES_BLOCK_POSTACT = 0, MFRES_BLOCK_PREACT = 1, MFRES_BLOCK_BOTTLENECK = 2 } mfres_block_type;
 typedef enum { MFRES_FAMILY_RESNET = 0, MFRES_FAMILY_RESNEXT = 1 } mfres_family;
@@ -66,6 +68,7 @@ typedef struct mfres_tensor {
 
 struct mfres_arch;
 struct cpu_plan;
+struct gpu_plan;
 
 typedef struct mfres_model {
     mfres_model_config cfg;
@@ -92,6 +95,9 @@ typedef struct mfres_model {
     size_t activation_bytes; /* the arena: activations, saved state, gradient scratch */
     struct mfres_arch *arch;  /* the architecture description (src/models/arch.h) */
     struct cpu_plan *impl;    /* the oneDNN training and inference plans (src/models/cpu_plan.h) */
+    mfres_device device;      /* where forward and backward run (mfres_model_set_device) */
+    mfres_precision precision;
+    struct gpu_plan *gpu;     /* the CUDA plan when device is MFRES_DEVICE_CUDA (src/gpu/gpu.h) */
 } mfres_model;
 
 /* Builds the network, allocates everything once, and initialises the weights
@@ -99,6 +105,19 @@ typedef struct mfres_model {
  * BN gamma 1 beta 0) from `seed`. */
 int mfres_model_create(mfres_model *m, const mfres_model_config *cfg, uint64_t seed);
 void mfres_model_free(mfres_model *m);
+
+/* Runs the model's forward and backward passes on device d at precision p
+ * from now on (MFRES_DEVICE_CPU: back on the CPU, fp32 only). Moving to the
+ * GPU builds its plan and uploads the parameters, statistics and tau; moving
+ * back downloads them. Fails with a message, the model unchanged, where the
+ * device cannot run here (mfres_device_check). */
+int mfres_model_set_device(mfres_model *m, mfres_device d, mfres_precision p);
+/* While the model is on the GPU its host buffers are a copy: sync_host brings
+ * the parameters, statistics, tau and order (and, with_grads, the gradients of
+ * the last backward) to the host; sync_device sends host changes to the GPU.
+ * Both do nothing on the CPU. */
+int mfres_model_sync_host(mfres_model *m, bool with_grads);
+int mfres_model_sync_device(mfres_model *m);
 
 /* Prints the per-layer table (shape, parameters, FLOPs) and memory per category. */
 void mfres_model_print_summary(const mfres_model *m, FILE *out);

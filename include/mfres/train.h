@@ -40,6 +40,8 @@ typedef struct mfres_train_config {
     long warmup_steps;         /* the first warmup_steps steps run at warmup_lr (He et al.'s ResNet-110 warm-up) */
     double warmup_lr;
     char recipe[32];           /* the --recipe the flags started from ("" none); shown in config.json */
+    mfres_device device;       /* cpu (default) or cuda: the whole step on the GPU (docs/GPU.md) */
+    mfres_precision precision; /* fp32 (default); tf32 and bf16 on the GPU only */
 } mfres_train_config;
 
 typedef struct mfres_train_result {

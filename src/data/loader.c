@@ -103,6 +103,19 @@ static void prepare_image(float *dst, const uint8_t *src, const float *lut, int 
     }
 }
 
+/* The crop offsets and flip of the image at position pos of epoch `epoch`:
+ * from (seed, epoch, pos) alone. */
+static void draw_augment(const mfres_loader *l, int epoch, size_t pos, int *oy, int *ox, bool *flip) {
+    *oy = *ox = 0, *flip = false;
+    if (!l->cfg.augment) return;
+    mfres_rng rng;
+    derive_rng(&rng, l->cfg.seed, epoch, STREAM_AUGMENT, pos);
+    uint32_t span = 2u * (uint32_t)l->cfg.pad + 1u;
+    *oy = (int)mfres_rng_below(&rng, span) - l->cfg.pad;
+    *ox = (int)mfres_rng_below(&rng, span) - l->cfg.pad;
+    *flip = l->cfg.flip && (mfres_rng_u64(&rng) >> 63);
+}
+
 /* The global position of this loader's first image of batch j (its shard of global batch j). */
 static size_t first_position(const mfres_loader *l, int j) {
     return ((size_t)j * (size_t)l->cfg.shards + (size_t)l->cfg.shard) * (size_t)l->cfg.batch;
@@ -130,16 +143,9 @@ static void fill_batch(const mfres_loader *l, int buf, int batch_index, int epoc
         uint32_t idx = l->perm[pos];
         const uint8_t *src = ds->pixels + (size_t)idx * l->image_floats;
         labels[k] = ds->labels[idx];
-        int oy = 0, ox = 0;
-        bool flip = false;
-        if (l->cfg.augment) {
-            mfres_rng rng;
-            derive_rng(&rng, l->cfg.seed, epoch, STREAM_AUGMENT, pos);
-            uint32_t span = 2u * (uint32_t)l->cfg.pad + 1u;
-            oy = (int)mfres_rng_below(&rng, span) - l->cfg.pad;
-            ox = (int)mfres_rng_below(&rng, span) - l->cfg.pad;
-            flip = l->cfg.flip && (mfres_rng_u64(&rng) >> 63);
-        }
+        int oy, ox;
+        bool flip;
+        draw_augment(l, epoch, pos, &oy, &ox, &flip);
         prepare_image(dst, src, l->lut, ds->c, ds->h, ds->w, oy, ox, flip);
     }
 }
@@ -306,3 +312,21 @@ int mfres_loader_next(mfres_loader *l, const float **images, const int32_t **lab
     pthread_mutex_unlock(&l->mu);
     return 1;
 }
+
+int mfres_loader_epoch_plan(mfres_loader *l, int epoch, uint32_t *perm, int8_t *oy, int8_t *ox, uint8_t *flip) {
+    if (l->cfg.pad > 127) return mfres_fail(MFRES_EINVAL, "loader: pad %d does not fit the epoch plan", l->cfg.pad);
+    int rc = mfres_loader_start_epoch(l, epoch);
+    if (rc) return rc;
+    pthread_mutex_lock(&l->mu);
+    memcpy(perm, l->perm, sizeof *perm * (size_t)l->ds->n);
+    pthread_mutex_unlock(&l->mu);
+    for (int pos = 0; pos < l->ds->n; pos++) {
+        int y, x;
+        bool f;
+        draw_augment(l, epoch, (size_t)pos, &y, &x, &f);
+        oy[pos] = (int8_t)y, ox[pos] = (int8_t)x, flip[pos] = f;
+    }
+    return MFRES_OK;
+}
+
+const float *mfres_loader_lut(const mfres_loader *l) { return l->lut; }

@@ -7,6 +7,7 @@
 #include "mfres/core.h"
 #include "mfres/meanfield.h"
 #include "mfres/model.h"
+#include "gpu/gpu.h"
 #include "models/arch.h"
 #include "models/cpu_plan.h"
 
@@ -48,6 +49,7 @@ int mfres_model_create(mfres_model *m, const mfres_model_config *cfg, uint64_t s
 }
 
 void mfres_model_free(mfres_model *m) {
+    gpu_plan_free(m->gpu);
     cpu_plan_free(m);
     arch_free(m);
     memset(m, 0, sizeof *m);
@@ -74,8 +76,33 @@ void mfres_model_sort_blocks(mfres_model *m) {
 
 int mfres_model_last_reorders(const mfres_model *m) { return m->impl->last_reorders; }
 
+int mfres_model_set_device(mfres_model *m, mfres_device d, mfres_precision p) {
+    int rc = mfres_device_check(d, p);
+    if (rc) return rc;
+    if (d == m->device && p == m->precision) return MFRES_OK;
+    if (m->gpu) { /* leaving the GPU, or changing precision: the host copy first */
+        if ((rc = gpu_download(m->gpu, m, false))) return rc;
+        gpu_plan_free(m->gpu);
+        m->gpu = NULL;
+    }
+    if (d == MFRES_DEVICE_CUDA && (rc = gpu_plan_create(&m->gpu, m, p))) {
+        m->gpu = NULL;
+        m->device = MFRES_DEVICE_CPU, m->precision = MFRES_PRECISION_FP32;
+        return rc;
+    }
+    m->device = d, m->precision = p;
+    return MFRES_OK;
+}
+
+int mfres_model_sync_host(mfres_model *m, bool with_grads) {
+    return m->gpu ? gpu_download(m->gpu, m, with_grads) : MFRES_OK;
+}
+
+int mfres_model_sync_device(mfres_model *m) { return m->gpu ? gpu_upload(m->gpu, m) : MFRES_OK; }
+
 int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labels, bool train, double *loss,
                         int *correct) {
+    if (m->gpu) return gpu_forward(m->gpu, m, images, labels, train, loss, correct);
     cpu_plan *r = m->impl;
     if (train) return cpu_train_forward(m, images, labels, loss, correct);
     r->have_train_forward = false;
@@ -83,7 +110,7 @@ int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labe
     return rc ? rc : cpu_finish_loss(m, r->logits, labels, loss, correct);
 }
 
-int mfres_model_backward(mfres_model *m) { return cpu_train_backward(m); }
+int mfres_model_backward(mfres_model *m) { return m->gpu ? gpu_backward(m->gpu, m) : cpu_train_backward(m); }
 
 void mfres_model_set_sync_bn(mfres_model *m, int (*allreduce_sum)(double *x, size_t n, void *arg), void *arg,
                              int ranks) {

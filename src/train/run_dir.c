@@ -176,12 +176,14 @@ int run_settings(const mfres_train_config *c, const mfres_data *data, run_settin
     put(out, &n, "train-limit", "%d", c->train_limit);
     put(out, &n, "test-limit", "%d", c->test_limit);
     put(out, &n, "threads", "%d", c->threads);
+    put(out, &n, "device", "%s", mfres_device_name(c->device));
+    put(out, &n, "precision", "%s", mfres_precision_name(c->precision));
     return n;
 }
 
 static const char *const setting_keys =
     "data, model, block, mode, tau-init, width, batch, seed, lr, momentum, wd, nesterov, schedule, milestones, "
-    "gamma, tau-lr-mult, augment, flip, train-limit, test-limit, threads";
+    "gamma, tau-lr-mult, augment, flip, train-limit, test-limit, threads, device, precision";
 
 bool run_change_allowed(const char *allow, const char *key) {
     size_t len = strlen(key);

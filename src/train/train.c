@@ -27,6 +27,7 @@
 #include "mfres/optim.h"
 #include "mfres/progress.h"
 #include "mfres/safetensors.h"
+#include "gpu/gpu.h"
 #include "train/parallel.h"
 #include "train/run_dir.h"
 
@@ -86,6 +87,8 @@ void mfres_train_config_write_json(const mfres_train_config *c, FILE *fp) {
     fprintf(fp, "],\n  \"warmup_steps\": %ld,\n  \"warmup_lr\": %.9g,", c->warmup_steps, c->warmup_lr);
     fprintf(fp, "\n  \"gamma\": %.9g,\n  \"seed\": %llu,\n  \"threads\": %d,\n", c->gamma,
             (unsigned long long)c->seed, c->threads);
+    fprintf(fp, "  \"device\": \"%s\",\n  \"precision\": \"%s\",\n", mfres_device_name(c->device),
+            mfres_precision_name(c->precision));
     fprintf(fp, "  \"augment\": %s,\n  \"flip\": %s,\n  \"train_limit\": %d,\n  \"test_limit\": %d,\n",
             c->augment ? "true" : "false", c->flip ? "true" : "false", c->train_limit, c->test_limit);
     fprintf(fp, "  \"bn_momentum\": %.9g,\n  \"bn_eps\": %.9g\n}\n", m->bn_momentum, m->bn_eps);
@@ -271,6 +274,9 @@ static int compare_settings(const mfres_safetensors *st, const char *path, const
         char key[64];
         snprintf(key, sizeof key, "setting.%s", settings[i].key);
         const char *was = mfres_safetensors_meta(st, key);
+        /* States from before the GPU backend were written on the CPU in fp32. */
+        if (!was && !strcmp(settings[i].key, "device")) was = "cpu";
+        if (!was && !strcmp(settings[i].key, "precision")) was = "fp32";
         if (!was) {
             rc = mfres_fail(MFRES_EFORMAT, "%s: metadata '%s' is missing", path, key);
             break;
@@ -359,6 +365,47 @@ static void read_metrics(const char *dir, int lines, text *t) {
     fclose(fp);
 }
 
+/* ---- training on the GPU: the model, momentum and training set move there once ---- */
+
+typedef struct gpu_epoch_plan {
+    uint32_t *perm;
+    int8_t *oy, *ox;
+    uint8_t *flip;
+} gpu_epoch_plan;
+
+static void gpu_epoch_plan_free(gpu_epoch_plan *p) {
+    mfres_free(p->perm);
+    mfres_free(p->oy);
+    mfres_free(p->ox);
+    mfres_free(p->flip);
+}
+
+static int gpu_start(const mfres_train_config *cfg, mfres_model *m, const mfres_optimizer *opt, mfres_loader *loader,
+                     const mfres_dataset *train_set, gpu_epoch_plan *plan, bool show) {
+    size_t n = (size_t)train_set->n;
+    plan->perm = mfres_alloc(n * sizeof *plan->perm, "GPU epoch plan");
+    plan->oy = mfres_alloc(n, "GPU epoch plan");
+    plan->ox = mfres_alloc(n, "GPU epoch plan");
+    plan->flip = mfres_alloc(n, "GPU epoch plan");
+    if (!plan->perm || !plan->oy || !plan->ox || !plan->flip) return MFRES_ENOMEM;
+    int rc = mfres_model_set_device(m, cfg->device, cfg->precision);
+    if (!rc) rc = gpu_optim_upload(m->gpu, m, opt);
+    if (!rc) rc = gpu_data_upload(m->gpu, train_set, mfres_loader_lut(loader));
+    if (rc) return rc;
+    if (show) {
+        char what[256];
+        mfres_device_describe(cfg->device, what, sizeof what);
+        mfres_log("device: %s, %s; the training set (%zu MB) and the whole step on the GPU", what,
+                  mfres_precision_name(cfg->precision), n * train_set->c * train_set->h * train_set->w >> 20);
+    }
+    return MFRES_OK;
+}
+
+static int gpu_epoch_start(mfres_model *m, mfres_loader *loader, gpu_epoch_plan *plan, int epoch, int n) {
+    int rc = mfres_loader_epoch_plan(loader, epoch, plan->perm, plan->oy, plan->ox, plan->flip);
+    return rc ? rc : gpu_data_epoch(m->gpu, plan->perm, plan->oy, plan->ox, plan->flip, n);
+}
+
 int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
     mfres_train_config cfg = *cfg_in;
     memset(res, 0, sizeof *res);
@@ -372,11 +419,17 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
         return mfres_fail(MFRES_EINVAL, "--sync-bn sums batch-norm statistics over the ranks of an MPI job, and this "
                           "process is not in one. HINT: mpirun -np N mfres train --sync-bn ...");
     cfg.threads = mfres_set_threads(cfg.threads);
+    const bool on_gpu = cfg.device == MFRES_DEVICE_CUDA;
+    if (on_gpu && ranks > 1)
+        return mfres_fail(MFRES_EINVAL, "--device cuda in an MPI job of %d ranks: the GPU backend trains in one process "
+                          "for now (docs/GPU.md). HINT: run one process, or --device cpu", ranks);
+    int rc = mfres_device_check(cfg.device, cfg.precision);
+    if (rc) return rc;
     bool show = !cfg.quiet && rank == 0;
     bool tty = cfg.progress == 1 || (cfg.progress == -1 && isatty(STDERR_FILENO));
 
     mfres_data data;
-    int rc = mfres_data_open(&data, cfg.data);
+    rc = mfres_data_open(&data, cfg.data);
     if (rc) return rc;
     mfres_dataset train_set = subset(&data.train, cfg.train_limit), test_set = subset(&data.test, cfg.test_limit);
     cfg.model.in_c = data.train.c, cfg.model.in_h = data.train.h, cfg.model.in_w = data.train.w;
@@ -415,6 +468,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
     mfres_loader *loader = NULL;
     run_dir dir = {.lock_fd = -1};
     text metrics = {0};
+    gpu_epoch_plan plan = {0};
     char path[4200];
     if ((rc = mfres_model_create(&m, &rank_model, cfg.seed))) {
         mfres_data_free(&data);
@@ -468,11 +522,14 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
                   cfg.dist->backend, rank_model.batch, cfg.model.batch,
                   cfg.sync_bn ? "synchronised over ranks (--sync-bn)" : "per rank");
 
+    if (on_gpu && (rc = gpu_start(&cfg, &m, &opt, loader, &train_set, &plan, show))) goto done;
     int batches = mfres_loader_batches_per_epoch(loader);
     res->epochs_done = first_epoch;
     for (int epoch = first_epoch; epoch < cfg.epochs; epoch++) {
         opt.lr = (float)mfres_lr_at_epoch(cfg.lr, cfg.milestones, cfg.n_milestones, cfg.gamma, epoch);
-        if ((rc = mfres_loader_start_epoch(loader, epoch))) goto done;
+        if (on_gpu) rc = gpu_epoch_start(&m, loader, &plan, epoch, train_set.n);
+        else rc = mfres_loader_start_epoch(loader, epoch);
+        if (rc) goto done;
         char label[64];
         snprintf(label, sizeof label, "epoch %d/%d", epoch + 1, cfg.epochs);
         mfres_progress bar;
@@ -483,17 +540,25 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
         const float *images;
         const int32_t *labels;
         int count;
-        while ((rc = mfres_loader_next(loader, &images, &labels, &count)) == 1) {
+        /* The GPU makes its batches itself (gpu_train_step): the loader only plans the epoch. */
+        while ((rc = on_gpu ? step < batches : mfres_loader_next(loader, &images, &labels, &count)) == 1) {
             double loss;
             int hits;
             if (cfg.cosine) opt.lr = (float)mfres_lr_cosine(cfg.lr, res->steps, (long)batches * cfg.epochs);
             float scheduled_lr = opt.lr;
             if (res->steps < cfg.warmup_steps) opt.lr = (float)cfg.warmup_lr;
-            rc = mfres_model_forward(&m, images, labels, true, &loss, &hits);
-            if (cfg.inject_nan_step && res->steps + 1 == cfg.inject_nan_step) loss = NAN;
+            bool inject = cfg.inject_nan_step && res->steps + 1 == cfg.inject_nan_step;
+            gpu_step_result gs = {0};
+            if (on_gpu) { /* the whole step, the update included */
+                rc = inject ? MFRES_OK : gpu_train_step(m.gpu, &m, (long)step * rank_model.batch, opt.lr, &gs);
+                loss = gs.loss, hits = gs.correct, count = gs.valid;
+            } else {
+                rc = mfres_model_forward(&m, images, labels, true, &loss, &hits);
+            }
+            if (inject) loss = NAN;
             bool bad = rc == MFRES_ENUMERIC || !isfinite(loss);
             if (rc && !bad) goto done;
-            if (!bad && (rc = mfres_model_backward(&m))) goto done;
+            if (!bad && !on_gpu && (rc = mfres_model_backward(&m))) goto done;
             /* Every rank learns whether any rank's loss went bad, so all stop together. */
             par_step_stats stats = {.loss_sum = bad ? 0 : loss * count, .correct = bad ? 0 : hits, .seen = count,
                                     .failed = bad};
@@ -505,11 +570,11 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
                                 bad ? loss : NAN, epoch + 1, step + 1, res->steps + 1, cfg.out_dir);
                 goto done;
             }
-            mfres_optimizer_step(&opt, &m);
+            if (!on_gpu) mfres_optimizer_step(&opt, &m);
             if (cfg.inject_drift_step && res->steps + 1 == cfg.inject_drift_step && rank == ranks - 1)
                 m.params[0] = nextafterf(m.params[0], INFINITY);
             opt.lr = scheduled_lr;
-            if (m.n_tau) reorders += mfres_model_last_reorders(&m);
+            if (m.n_tau) reorders += on_gpu ? gs.reorders : mfres_model_last_reorders(&m);
             loss_sum += stats.loss_sum, correct += (long)stats.correct, seen += (long)stats.seen;
             step++, res->steps++;
             if (show) {
@@ -520,6 +585,9 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
             }
         }
         if (rc < 0) goto done;
+        /* The epoch's model and momentum back on the host, for evaluation's summary and the files. */
+        if (on_gpu && ((rc = mfres_model_sync_host(&m, false)) || (rc = gpu_optim_download(m.gpu, &m, &opt))))
+            goto done;
         double train_time = mfres_now() - t0;
         res->train_seconds += train_time;
         res->comm_seconds += pc.seconds - comm0;
@@ -557,6 +625,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
     res->total_seconds = mfres_now() - t_start;
     rc = MFRES_OK;
 done:
+    gpu_epoch_plan_free(&plan);
     run_dir_close(&dir);
     free(metrics.buf);
     mfres_loader_free(loader);

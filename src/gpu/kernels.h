@@ -1,0 +1,159 @@
+/* The GPU backend's own kernels (kernels.cu), callable from C.
+ *
+ * Every activation is NHWC float32: element (n, y, x, c) of an N x H x W x C
+ * map is at ((n * H + y) * W + x) * C + c, so a map is `rows` = N*H*W rows of
+ * C channels. Per-channel reductions (batch norm, dE/dh) are deterministic:
+ * fixed grid shapes, partial sums in the caller's `partials` scratch in a
+ * fixed order, no floating-point atomics; the same inputs give the same bits.
+ *
+ * Values that change from step to step without changing the work (the step h
+ * of a position, the learning rate) are read from device memory, never passed
+ * by value, so a captured CUDA graph stays valid across steps.
+ *
+ * Each launch returns 0 or the cudaError_t of the launch (cudaGetLastError). */
+#ifndef MFRES_GPU_KERNELS_H
+#define MFRES_GPU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Floats of `partials` scratch any reduction below needs for C channels. */
+size_t gk_partials_floats(int C);
+
+/* ---- batch norm (training: batch statistics) ------------------------------ */
+
+/* mean[c], invstd[c] = 1/sqrt(var_biased[c] + eps) over the rows of x; then
+ * the running statistics, as PyTorch: rm = (1-mom) rm + mom mean,
+ * rv = (1-mom) rv + mom var_biased * rows / (rows - 1). */
+int gk_bn_stats(const float *x, long rows, int C, float eps, float momentum, float *mean, float *invstd,
+                float *running_mean, float *running_var, float *partials, cudaStream_t s);
+/* y = gamma * (x - mean) * invstd + beta, then max(y, 0) when relu. */
+int gk_bn_apply(float *y, const float *x, long rows, int C, const float *mean, const float *invstd,
+                const float *gamma, const float *beta, int relu, cudaStream_t s);
+/* Inference: y = gamma (x - running_mean) / sqrt(running_var + eps) + beta, relu. */
+int gk_bn_apply_running(float *y, const float *x, long rows, int C, const float *running_mean,
+                        const float *running_var, float eps, const float *gamma, const float *beta, int relu,
+                        cudaStream_t s);
+/* The post-activation block end: out = max(shortcut + h * (gamma xhat + beta), 0),
+ * xhat = (t - mean) * invstd, h = *h (device). shortcut may alias out. */
+int gk_bn_residual_relu(float *out, const float *shortcut, const float *t, long rows, int C, const float *mean,
+                        const float *invstd, const float *gamma, const float *beta, const float *h, cudaStream_t s);
+/* Inference form of the above with running statistics. */
+int gk_bn_residual_relu_running(float *out, const float *shortcut, const float *t, long rows, int C,
+                                const float *running_mean, const float *running_var, float eps, const float *gamma,
+                                const float *beta, const float *h, cudaStream_t s);
+
+/* Batch-norm backward. With dy' = dy where mask == NULL or mask[i] > 0, else 0
+ * (mask: the ReLU output that followed the batch norm), and xhat as above:
+ *   sums[c] = sum dy',  sums[C + c] = sum dy' * xhat          (gk_bn_backward_reduce)
+ *   dgamma = scale * sums[C+c], dbeta = scale * sums[c]        (gk_bn_backward_params)
+ *   *dh = sum_c gamma_c sums[C+c] + beta_c sums[c]  when dh != NULL (float; one
+ *         thread, channel order: deterministic)
+ *   dx = scale * gamma invstd (dy' - sums[c]/rows - xhat sums[C+c]/rows)
+ *        (gk_bn_backward_data; written, or added to dx when accumulate)
+ * scale = *scale_ptr (device) or 1 when scale_ptr == NULL: the post-activation
+ * block's last batch norm runs on the unscaled gradient and takes h here.
+ * dx may alias dy. */
+int gk_bn_backward_reduce(const float *dy, const float *mask, const float *x, long rows, int C, const float *mean,
+                          const float *invstd, float *sums, float *partials, cudaStream_t s);
+int gk_bn_backward_params(const float *sums, int C, const float *gamma, const float *beta, const float *scale_ptr,
+                          float *dgamma, float *dbeta, float *dh, cudaStream_t s);
+int gk_bn_backward_data(float *dx, const float *dy, const float *mask, const float *x, long rows, int C,
+                        const float *mean, const float *invstd, const float *gamma, const float *sums,
+                        const float *scale_ptr, int accumulate, cudaStream_t s);
+
+/* ---- element-wise ------------------------------------------------------------ */
+
+/* g[i] = mask[i] > 0 ? g[i] : 0 */
+int gk_relu_mask(float *g, const float *mask, long n, cudaStream_t s);
+/* y[i] += x[i] */
+int gk_add(float *y, const float *x, long n, cudaStream_t s);
+/* y[i] *= *scale (device) */
+int gk_scale(float *y, const float *scale, long n, cudaStream_t s);
+/* Pre-activation block end: out = shortcut + (*h) * t. shortcut may alias out. */
+int gk_residual(float *out, const float *shortcut, const float *t, const float *h, long n, cudaStream_t s);
+/* *dot = sum a[i] b[i] (float, deterministic: fixed tree). For dE/dh. */
+int gk_dot(const float *a, const float *b, long n, float *dot, float *partials, cudaStream_t s);
+
+/* ---- shortcuts and pooling ------------------------------------------------- */
+
+/* Option A (He et al. 2016a): out (N, H/2, W/2, 2C) takes x (N, H, W, C)
+ * subsampled by 2 into channels [C/2, C/2 + C), zeros elsewhere. */
+int gk_shortcut_a_forward(float *out, const float *x, int N, int H, int W, int C, cudaStream_t s);
+/* dx (N, H, W, C) += the gradient of the above from dout (N, H/2, W/2, 2C). */
+int gk_shortcut_a_backward_add(float *dx, const float *dout, int N, int H, int W, int C, cudaStream_t s);
+/* Global average pool: pooled[n, c] = mean over H*W of x (N, H, W, C). */
+int gk_avgpool_forward(float *pooled, const float *x, int N, int HW, int C, cudaStream_t s);
+/* dx[n, p, c] = dpooled[n, c] / HW */
+int gk_avgpool_backward(float *dx, const float *dpooled, int N, int HW, int C, cudaStream_t s);
+
+/* ---- head ------------------------------------------------------------------- */
+
+/* logits[n, k] += bias[k] */
+int gk_add_bias(float *logits, const float *bias, int N, int K, cudaStream_t s);
+/* dbias[k] = sum_n dlogits[n, k] (rows in order). */
+int gk_bias_grad(float *dbias, const float *dlogits, int N, int K, cudaStream_t s);
+/* Softmax cross-entropy over rows with labels[n] >= 0 (label -1: padding, no
+ * loss, no gradient). probs = softmax(logits) (max-subtracted); per row the
+ * loss -log p[label] and whether the arg max (first maximum) is the label;
+ * then out[0] += sum of row losses (double, rows in order), out[1] += valid
+ * rows, out[2] += correct rows: `out` accumulates over steps until the caller
+ * clears it. step[0..2] get this batch's loss sum, valid and correct (double). */
+int gk_softmax_xent_forward(float *probs, const float *logits, const int32_t *labels, int N, int K, double *step,
+                            double *out, cudaStream_t s);
+/* dlogits = (probs - onehot(label)) / valid, valid = step[1] (0 rows: zeros). */
+int gk_softmax_xent_backward(float *dlogits, const float *probs, const int32_t *labels, int N, int K,
+                             const double *step, cudaStream_t s);
+
+/* ---- optimiser and Algorithm 1 ---------------------------------------------- */
+
+/* PyTorch SGD, dampening 0, over n floats; lr = *lr (device):
+ * d = g + wd p;  v = mom v + d;  p -= lr (nesterov ? d + mom v : v). */
+int gk_sgd(float *p, float *v, const float *g, long n, const float *lr, float momentum, float weight_decay,
+           int nesterov, cudaStream_t s);
+
+/* Algorithm 1 after the backward pass, for 3 stages of P particles, on one
+ * thread block (P is small):
+ *   tau_grad[s*P + order[s*P + l]] = a_l - a_{l+1} (l < P-1), a_{P-1} for the
+ *     last, with a_l = dh[s*n + 1 + l] (dh per position, n = P + 1 per stage:
+ *     the stage head at position 0 has no tau);
+ * gk_meanfield_update, after the theta update: SGD with momentum on tau
+ * (lr = *lr * lr_mult, no weight decay), clamp to [0, tau_end], then per stage
+ * order = the particles sorted by (tau, particle index), and the steps
+ * h_pos[s*n + 1 + l] = tau[order[l]] - tau[order[l-1]] (tau[order[-1]] = 0);
+ * *changed = 1 if any order differs from before, else 0. */
+int gk_meanfield_tau_grad(float *tau_grad, const int *order, const float *dh, int P, cudaStream_t s);
+int gk_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, int *order, float *h_pos, int P,
+                        const float *lr, float lr_mult, float momentum, int nesterov, float tau_end, int *changed,
+                        cudaStream_t s);
+
+/* ---- data --------------------------------------------------------------------- */
+
+/* The training batch, as the CPU loader makes it (src/data/loader.c):
+ * image k of the batch is data set image perm[first + k] (bytes C x H x W, the
+ * CIFAR / IDX layout), written NHWC as lut[c * 256 + byte] after a crop at
+ * offsets (oy[k'], ox[k']) in [-pad, pad] and a horizontal flip when flip[k'],
+ * k' = first + k; pixels from outside the image are lut[c * 256 + 0]. Rows
+ * first + k >= n_total are padding: zeros and label -1. labels[k] = the data
+ * set's label of that image. */
+int gk_gather_batch(float *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
+                    const float *lut, const uint32_t *perm, const int8_t *oy, const int8_t *ox, const uint8_t *flip,
+                    long first, int batch, long n_total, int C, int H, int W, cudaStream_t s);
+
+/* ---- layout ------------------------------------------------------------------- */
+
+/* NCHW -> NHWC (input batches given by the host) and back (tests). */
+int gk_nchw_to_nhwc(float *dst, const float *src, int N, int C, int H, int W, cudaStream_t s);
+int gk_nhwc_to_nchw(float *dst, const float *src, int N, int C, int H, int W, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,431 @@
+/* The GPU model (src/gpu) against the double-precision reference model and
+ * against the CPU plan: loss, every gradient, tau gradients, a training step
+ * that changes the block order, determinism, inference, model files, and a
+ * short Fashion-MNIST run that must reach the CPU's accuracy.
+ *
+ * Where this build has no CUDA backend or the machine no GPU, the program
+ * prints one SKIP line and exits 77 (tests/run_tests.sh shows it as skipped).
+ * Check runs without fork here: a CUDA context does not survive fork(). */
+#include <stdio.h>
+#include <string.h>
+
+#include "gpu/gpu.h"
+#include "mfres/core.h"
+#include "mfres/data.h"
+#include "mfres/device.h"
+#include "mfres/model.h"
+#include "mfres/optim.h"
+#include "mfres/train.h"
+#include "testutil.h"
+
+typedef struct net_kind {
+    const char *name;
+    mfres_family family;
+    mfres_block_type block;
+    int depth;
+} net_kind;
+static const net_kind POSTACT = {"postact", MFRES_FAMILY_RESNET, MFRES_BLOCK_POSTACT, 20};
+static const net_kind PREACT = {"preact", MFRES_FAMILY_RESNET, MFRES_BLOCK_PREACT, 20};
+static const net_kind BOTTLENECK = {"bottleneck", MFRES_FAMILY_RESNET, MFRES_BLOCK_BOTTLENECK, 29};
+static const net_kind RESNEXT_POST = {"resnext postact", MFRES_FAMILY_RESNEXT, MFRES_BLOCK_POSTACT, 29};
+static const net_kind RESNEXT_PRE = {"resnext preact", MFRES_FAMILY_RESNEXT, MFRES_BLOCK_PREACT, 29};
+
+typedef struct fixture {
+    mfres_model m;
+    float *images;
+    int32_t *labels;
+} fixture;
+
+static void make_fixture(fixture *f, net_kind kind, mfres_mode mode, int batch, int in_c, int hw, uint64_t seed) {
+    mfres_model_config cfg;
+    mfres_model_config_default(&cfg);
+    cfg.family = kind.family, cfg.cardinality = 2, cfg.group_width = 8;
+    cfg.depth = kind.depth, cfg.block = kind.block, cfg.mode = mode, cfg.tau_init = MFRES_TAU_GRID;
+    cfg.batch = batch, cfg.in_c = in_c, cfg.in_h = cfg.in_w = hw, cfg.num_classes = 5;
+    ck_assert_ok(mfres_model_create(&f->m, &cfg, seed));
+    size_t n = (size_t)batch * in_c * hw * hw;
+    f->images = malloc(n * sizeof(float));
+    f->labels = malloc(batch * sizeof(int32_t));
+    mfres_rng rng;
+    mfres_rng_seed(&rng, seed + 1000);
+    for (size_t i = 0; i < n; i++) f->images[i] = (float)mfres_rng_normal(&rng);
+    for (int i = 0; i < batch; i++) f->labels[i] = (int32_t)mfres_rng_below(&rng, 5);
+    for (int t = 0; t < f->m.n_tensors; t++) { /* non-trivial BN affine parameters */
+        mfres_tensor *tt = &f->m.tensors[t];
+        if (tt->ndim == 1 && !tt->is_tau && tt->grad && (strstr(tt->name, "bn") || strstr(tt->name, "downsample.1")))
+            for (size_t k = 0; k < tt->numel; k++) tt->data[k] += (float)(0.2 * mfres_rng_normal(&rng));
+    }
+    if (mode == MFRES_MODE_MEANFIELD) { /* reverse every stage's order: exercises the sorted routing */
+        mfres_model *m = &f->m;
+        for (int s = 0; s < 3; s++)
+            for (int i = 0; i < m->particles; i++)
+                m->tau[s * m->particles + i] = 1.0f - 0.8f * i / m->particles - 0.05f * s;
+        mfres_model_sort_blocks(m);
+    }
+}
+
+static void free_fixture(fixture *f) {
+    mfres_model_free(&f->m);
+    free(f->images);
+    free(f->labels);
+}
+
+/* Every parameter gradient against `ref` (laid out like m->grads), each
+ * tensor to rel_tol of its own norm plus abs_tol of the whole gradient's. */
+static void check_grads(const mfres_model *m, const double *ref, double rel_tol, double abs_tol, const char *what) {
+    double total = 0;
+    for (size_t i = 0; i < m->n_params; i++) total += ref[i] * ref[i];
+    total = sqrt(total);
+    for (int t = 0; t < m->n_tensors; t++) {
+        const mfres_tensor *tt = &m->tensors[t];
+        if (!tt->grad || tt->is_tau) continue;
+        size_t off = tt->grad - m->grads;
+        double diff = 0, norm = 0;
+        for (size_t k = 0; k < tt->numel; k++) {
+            double d = tt->grad[k] - ref[off + k];
+            diff += d * d, norm += ref[off + k] * ref[off + k];
+        }
+        diff = sqrt(diff), norm = sqrt(norm);
+        ck_assert_msg(diff <= rel_tol * norm + abs_tol * total,
+                      "%s: %s: gradient error %.3g against a norm of %.3g (whole gradient %.3g)", what, tt->name, diff,
+                      norm, total);
+    }
+}
+
+/* ---- the GPU model against the double-precision reference ---- */
+
+static void check_gpu_vs_ref(net_kind kind, mfres_mode mode, int in_c, int hw) {
+    fixture f;
+    make_fixture(&f, kind, mode, 8, in_c, hw, 11);
+    mfres_model *m = &f.m;
+    double *p = malloc(m->n_params * sizeof(double)), *tau = calloc(m->n_tau + 1, sizeof(double));
+    for (size_t i = 0; i < m->n_params; i++) p[i] = m->params[i];
+    for (int i = 0; i < m->n_tau; i++) tau[i] = m->tau[i];
+    double *g = malloc(m->n_params * sizeof(double)), *tg = calloc(m->n_tau + 1, sizeof(double)), ref_loss, loss;
+    ck_assert_ok(mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &ref_loss, g, tg));
+
+    ck_assert_ok(mfres_model_set_device(m, MFRES_DEVICE_CUDA, MFRES_PRECISION_FP32));
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, true, &loss, NULL));
+    ck_assert_ok(mfres_model_backward(m));
+    ck_assert_ok(mfres_model_sync_host(m, true));
+    ck_assert_msg(fabs(loss - ref_loss) <= 1e-5 * fabs(ref_loss), "%s: GPU loss %.8g vs reference %.8g", kind.name,
+                  loss, ref_loss);
+    check_grads(m, g, 1e-4, 1e-7, kind.name);
+    if (m->n_tau) {
+        double *fast = malloc(m->n_tau * sizeof(double));
+        for (int i = 0; i < m->n_tau; i++) fast[i] = m->tau_grad[i];
+        double err = test_rel_err_f64(fast, tg, m->n_tau);
+        ck_assert_msg(err <= 1e-4, "%s: tau gradient relative error %.3g", kind.name, err);
+        free(fast);
+    }
+    /* The parameters came back as they went (the layout conversion both ways). */
+    for (size_t i = 0; i < m->n_params; i++)
+        ck_assert_msg(m->params[i] == (float)p[i], "parameter %zu changed on the round trip", i);
+    free(p), free(tau), free(g), free(tg);
+    free_fixture(&f);
+}
+
+START_TEST(gpu_matches_reference_postact_meanfield) { check_gpu_vs_ref(POSTACT, MFRES_MODE_MEANFIELD, 3, 16); }
+END_TEST
+START_TEST(gpu_matches_reference_preact_meanfield) { check_gpu_vs_ref(PREACT, MFRES_MODE_MEANFIELD, 1, 12); }
+END_TEST
+START_TEST(gpu_matches_reference_postact_vanilla) { check_gpu_vs_ref(POSTACT, MFRES_MODE_VANILLA, 1, 8); }
+END_TEST
+START_TEST(gpu_matches_reference_bottleneck_meanfield) { check_gpu_vs_ref(BOTTLENECK, MFRES_MODE_MEANFIELD, 3, 8); }
+END_TEST
+START_TEST(gpu_matches_reference_resnext_postact) { check_gpu_vs_ref(RESNEXT_POST, MFRES_MODE_MEANFIELD, 3, 8); }
+END_TEST
+START_TEST(gpu_matches_reference_resnext_preact) { check_gpu_vs_ref(RESNEXT_PRE, MFRES_MODE_MEANFIELD, 1, 8); }
+END_TEST
+
+/* ---- the same weights and batch on the CPU and the GPU ---- */
+
+static void check_cross_device(net_kind kind) {
+    fixture f;
+    make_fixture(&f, kind, MFRES_MODE_MEANFIELD, 16, 3, 16, 5);
+    mfres_model *m = &f.m;
+    double cpu_loss, gpu_loss, cpu_eval, gpu_eval;
+    float *saved_buffers = malloc(m->n_buffers * sizeof(float));
+    memcpy(saved_buffers, m->buffers, m->n_buffers * sizeof(float));
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, true, &cpu_loss, NULL));
+    ck_assert_ok(mfres_model_backward(m));
+    double *cpu_grads = malloc(m->n_params * sizeof(double)), *cpu_tau_grad = calloc(m->n_tau + 1, sizeof(double));
+    for (size_t i = 0; i < m->n_params; i++) cpu_grads[i] = m->grads[i];
+    for (int i = 0; i < m->n_tau; i++) cpu_tau_grad[i] = m->tau_grad[i];
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, false, &cpu_eval, NULL));
+    float *cpu_buffers = malloc(m->n_buffers * sizeof(float));
+    memcpy(cpu_buffers, m->buffers, m->n_buffers * sizeof(float));
+
+    memcpy(m->buffers, saved_buffers, m->n_buffers * sizeof(float)); /* the same running statistics to start from */
+    ck_assert_ok(mfres_model_set_device(m, MFRES_DEVICE_CUDA, MFRES_PRECISION_FP32));
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, true, &gpu_loss, NULL));
+    ck_assert_ok(mfres_model_backward(m));
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, false, &gpu_eval, NULL));
+    ck_assert_ok(mfres_model_sync_host(m, true));
+    ck_assert_msg(fabs(gpu_loss - cpu_loss) <= 1e-5 * cpu_loss, "%s: training loss GPU %.8g CPU %.8g", kind.name,
+                  gpu_loss, cpu_loss);
+    ck_assert_msg(fabs(gpu_eval - cpu_eval) <= 1e-5 * cpu_eval, "%s: inference loss GPU %.8g CPU %.8g", kind.name,
+                  gpu_eval, cpu_eval);
+    check_grads(m, cpu_grads, 1e-4, 1e-7, kind.name);
+    for (size_t i = 0; i < m->n_buffers; i++)
+        ck_assert_msg(fabs(m->buffers[i] - cpu_buffers[i]) <= 1e-5 * (1 + fabs(cpu_buffers[i])),
+                      "%s: running statistic %zu: GPU %.8g CPU %.8g", kind.name, i, m->buffers[i], cpu_buffers[i]);
+    if (m->n_tau) {
+        double *fast = malloc(m->n_tau * sizeof(double));
+        for (int i = 0; i < m->n_tau; i++) fast[i] = m->tau_grad[i];
+        ck_assert_msg(test_rel_err_f64(fast, cpu_tau_grad, m->n_tau) <= 1e-4, "%s: tau gradients differ", kind.name);
+        free(fast);
+    }
+    /* Back on the CPU, the model evaluates as it did on the GPU. */
+    double back;
+    ck_assert_ok(mfres_model_set_device(m, MFRES_DEVICE_CPU, MFRES_PRECISION_FP32));
+    ck_assert_ok(mfres_model_forward(m, f.images, f.labels, false, &back, NULL));
+    ck_assert_msg(fabs(back - gpu_eval) <= 1e-5 * gpu_eval, "%s: back on the CPU %.8g vs GPU %.8g", kind.name, back,
+                  gpu_eval);
+    free(saved_buffers), free(cpu_buffers), free(cpu_grads), free(cpu_tau_grad);
+    free_fixture(&f);
+}
+
+START_TEST(gpu_matches_cpu_postact) { check_cross_device(POSTACT); }
+END_TEST
+START_TEST(gpu_matches_cpu_preact) { check_cross_device(PREACT); }
+END_TEST
+START_TEST(gpu_matches_cpu_resnext) { check_cross_device(RESNEXT_POST); }
+END_TEST
+
+/* ---- the training step on the device ---- */
+
+/* A small data set (bytes) with the batch the CPU loader would make of its
+ * first `batch` images in order, without augmentation. */
+typedef struct tiny_data {
+    mfres_dataset ds;
+    float lut[256];
+    float *batch_images;
+    int32_t *batch_labels;
+} tiny_data;
+
+static void make_tiny_data(tiny_data *t, int n, int batch, int hw, uint64_t seed) {
+    memset(t, 0, sizeof *t);
+    t->ds.n = n, t->ds.c = 1, t->ds.h = t->ds.w = hw, t->ds.num_classes = 5;
+    uint8_t *pixels = malloc((size_t)n * hw * hw), *labels = malloc(n);
+    mfres_rng rng;
+    mfres_rng_seed(&rng, seed);
+    for (size_t i = 0; i < (size_t)n * hw * hw; i++) pixels[i] = (uint8_t)mfres_rng_below(&rng, 256);
+    for (int i = 0; i < n; i++) labels[i] = (uint8_t)mfres_rng_below(&rng, 5);
+    t->ds.pixels = pixels, t->ds.labels = labels;
+    for (int v = 0; v < 256; v++) t->lut[v] = ((float)v / 255.0f - 0.3f) / 0.4f;
+    t->batch_images = malloc((size_t)batch * hw * hw * sizeof(float));
+    t->batch_labels = malloc(batch * sizeof(int32_t));
+    for (int k = 0; k < batch; k++) {
+        for (int i = 0; i < hw * hw; i++) t->batch_images[k * hw * hw + i] = t->lut[pixels[k * hw * hw + i]];
+        t->batch_labels[k] = labels[k];
+    }
+}
+
+static void free_tiny_data(tiny_data *t) {
+    free((void *)t->ds.pixels), free((void *)t->ds.labels), free(t->batch_images), free(t->batch_labels);
+}
+
+/* Puts the tiny data set on m's GPU plan with the identity epoch plan. */
+static void upload_identity_epoch(mfres_model *m, tiny_data *t) {
+    int n = t->ds.n;
+    uint32_t *perm = malloc(n * sizeof(uint32_t));
+    int8_t *zero = calloc(n, 1);
+    for (int i = 0; i < n; i++) perm[i] = (uint32_t)i;
+    ck_assert_ok(gpu_data_upload(m->gpu, &t->ds, t->lut));
+    ck_assert_ok(gpu_data_epoch(m->gpu, perm, zero, zero, (uint8_t *)zero, n));
+    free(perm), free(zero);
+}
+
+START_TEST(gpu_training_step_matches_cpu_and_swaps_blocks) {
+    const int batch = 8, hw = 8;
+    tiny_data t;
+    make_tiny_data(&t, 32, batch, hw, 3);
+    mfres_model_config cfg;
+    mfres_model_config_default(&cfg);
+    cfg.depth = 20, cfg.mode = MFRES_MODE_MEANFIELD, cfg.tau_init = MFRES_TAU_GRID, cfg.batch = batch;
+    cfg.in_c = 1, cfg.in_h = cfg.in_w = hw, cfg.num_classes = 5;
+    mfres_model cpu, gpu;
+    ck_assert_ok(mfres_model_create(&cpu, &cfg, 21));
+    int P = cpu.particles, s = -1, first = -1;
+    float g0 = 0, g1 = 0;
+    double loss;
+    /* A stage and a lay of a near-tie where the one behind descends faster,
+     * so that one step crosses them (as tests/test_model.c does on the CPU). */
+    for (int stage = 0; stage < 3 && first < 0; stage++)
+        for (int lay = 0; lay < 2 && first < 0; lay++) {
+            for (int i = 0; i < 3 * P; i++) cpu.tau[i] = 0.1f + 0.8f * (i % P) / P;
+            cpu.tau[stage * P + lay] = 0.50f, cpu.tau[stage * P + 1 - lay] = 0.50001f;
+            mfres_model_sort_blocks(&cpu);
+            ck_assert_ok(mfres_model_forward(&cpu, t.batch_images, t.batch_labels, true, &loss, NULL));
+            ck_assert_ok(mfres_model_backward(&cpu));
+            g0 = cpu.tau_grad[stage * P + lay], g1 = cpu.tau_grad[stage * P + 1 - lay];
+            if (g1 > g0) first = lay, s = stage;
+        }
+    ck_assert_msg(first >= 0, "the tau gradients never point across a tie: cannot test a swap");
+    ck_assert_ok(mfres_model_create(&gpu, &cfg, 21));
+    memcpy(gpu.params, cpu.params, cpu.n_params * sizeof(float));
+    memcpy(gpu.buffers, cpu.buffers, cpu.n_buffers * sizeof(float));
+    memcpy(gpu.tau, cpu.tau, cpu.n_tau * sizeof(float));
+    mfres_model_sort_blocks(&gpu);
+    mfres_optimizer o_cpu, o_gpu;
+    ck_assert_ok(mfres_optimizer_init(&o_cpu, &cpu, 1e-3f, 0.9f, 1e-4f, false, 1.0f));
+    ck_assert_ok(mfres_optimizer_init(&o_gpu, &gpu, 1e-3f, 0.9f, 1e-4f, false, 1.0f));
+    o_cpu.tau_lr_mult = o_gpu.tau_lr_mult = 0.1f / (o_cpu.lr * (g1 - g0)); /* the gap closes by 0.1 */
+
+    /* The CPU step (its forward and backward ran last, on this batch and order). */
+    mfres_model_sort_blocks(&cpu);
+    ck_assert_ok(mfres_model_forward(&cpu, t.batch_images, t.batch_labels, true, &loss, NULL));
+    ck_assert_ok(mfres_model_backward(&cpu));
+    mfres_optimizer_step(&o_cpu, &cpu);
+    ck_assert_msg(cpu.order[s * P] == 1 - first, "the CPU step did not swap the pair");
+
+    ck_assert_ok(mfres_model_set_device(&gpu, MFRES_DEVICE_CUDA, MFRES_PRECISION_FP32));
+    ck_assert_ok(gpu_optim_upload(gpu.gpu, &gpu, &o_gpu));
+    upload_identity_epoch(&gpu, &t);
+    gpu_step_result r;
+    ck_assert_ok(gpu_train_step(gpu.gpu, &gpu, 0, o_gpu.lr, &r));
+    ck_assert_msg(fabs(r.loss - loss) <= 1e-5 * loss, "step loss GPU %.8g CPU %.8g", r.loss, loss);
+    ck_assert_int_eq(r.valid, batch);
+    ck_assert_int_ge(r.reorders, 1);
+    ck_assert_msg(gpu.order[s * P] == 1 - first, "the GPU step did not swap the pair");
+    ck_assert_ok(mfres_model_sync_host(&gpu, false));
+    for (int i = 0; i < cpu.n_tau; i++) {
+        ck_assert_msg(fabs(gpu.tau[i] - cpu.tau[i]) <= 1e-5, "tau %d: GPU %.8g CPU %.8g", i, gpu.tau[i], cpu.tau[i]);
+        ck_assert_int_eq(gpu.order[i], cpu.order[i]);
+    }
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < cpu.n_params; i++) {
+        double d = (double)gpu.params[i] - cpu.params[i];
+        diff += d * d, norm += (double)cpu.params[i] * cpu.params[i];
+    }
+    ck_assert_msg(sqrt(diff) <= 1e-6 * sqrt(norm), "parameters after the step differ by %.3g (norm %.3g)", sqrt(diff),
+                  sqrt(norm));
+    /* The momentum came back too. */
+    ck_assert_ok(gpu_optim_download(gpu.gpu, &gpu, &o_gpu));
+    diff = norm = 0;
+    for (size_t i = 0; i < cpu.n_params; i++) {
+        double d = (double)o_gpu.velocity[i] - o_cpu.velocity[i];
+        diff += d * d, norm += (double)o_cpu.velocity[i] * o_cpu.velocity[i];
+    }
+    ck_assert_msg(sqrt(diff) <= 1e-4 * sqrt(norm), "momentum after the step differs by %.3g (norm %.3g)", sqrt(diff),
+                  sqrt(norm));
+    mfres_optimizer_free(&o_cpu), mfres_optimizer_free(&o_gpu);
+    mfres_model_free(&cpu), mfres_model_free(&gpu);
+    free_tiny_data(&t);
+}
+END_TEST
+
+/* Same seed, same steps: the same bits (the algorithm rule and the fixed-order
+ * reductions), with CUDA graphs and without. */
+static void train_steps(mfres_model *m, tiny_data *t, int steps, const char *graphs) {
+    setenv("MFRES_CUDA_GRAPHS", graphs, 1);
+    mfres_model_config cfg;
+    mfres_model_config_default(&cfg);
+    cfg.depth = 14, cfg.mode = MFRES_MODE_MEANFIELD, cfg.batch = 8, cfg.in_c = 1, cfg.in_h = cfg.in_w = 8;
+    cfg.num_classes = 5;
+    ck_assert_ok(mfres_model_create(m, &cfg, 9));
+    mfres_optimizer o;
+    ck_assert_ok(mfres_optimizer_init(&o, m, 0.1f, 0.9f, 1e-4f, false, 1.0f));
+    ck_assert_ok(mfres_model_set_device(m, MFRES_DEVICE_CUDA, MFRES_PRECISION_FP32));
+    ck_assert_ok(gpu_optim_upload(m->gpu, m, &o));
+    upload_identity_epoch(m, t);
+    gpu_step_result r;
+    for (int i = 0; i < steps; i++) ck_assert_ok(gpu_train_step(m->gpu, m, (long)(i % 4) * 8, o.lr, &r));
+    ck_assert_ok(mfres_model_sync_host(m, false));
+    mfres_optimizer_free(&o);
+    unsetenv("MFRES_CUDA_GRAPHS");
+}
+
+START_TEST(gpu_same_inputs_same_bits) {
+    tiny_data t;
+    make_tiny_data(&t, 32, 8, 8, 4);
+    mfres_model a, b, c;
+    train_steps(&a, &t, 6, "1");
+    train_steps(&b, &t, 6, "1");
+    train_steps(&c, &t, 6, "0");
+    ck_assert_msg(!memcmp(a.params, b.params, a.n_params * sizeof(float)), "two identical runs differ");
+    ck_assert_msg(!memcmp(a.tau, b.tau, a.n_tau * sizeof(float)), "two identical runs differ in tau");
+    ck_assert_msg(!memcmp(a.params, c.params, a.n_params * sizeof(float)), "graphs and plain launches differ");
+    mfres_model_free(&a), mfres_model_free(&b), mfres_model_free(&c);
+    free_tiny_data(&t);
+}
+END_TEST
+
+/* A model file written after GPU training loads on the CPU and evaluates the same. */
+START_TEST(gpu_model_file_evaluates_the_same_on_the_cpu) {
+    tiny_data t;
+    make_tiny_data(&t, 32, 8, 8, 6);
+    mfres_model m, back;
+    train_steps(&m, &t, 4, "1");
+    double gpu_eval, cpu_eval;
+    ck_assert_ok(mfres_model_forward(&m, t.batch_images, t.batch_labels, false, &gpu_eval, NULL));
+    char dir[256], path[300];
+    test_tmpdir_make(dir, sizeof dir, "gpu");
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    float mean[3] = {0.3f}, std[3] = {0.4f};
+    ck_assert_ok(mfres_model_save(&m, path, "tiny", mean, std));
+    ck_assert_ok(mfres_model_load(&back, path, 8, NULL, 0, NULL, NULL));
+    ck_assert_ok(mfres_model_forward(&back, t.batch_images, t.batch_labels, false, &cpu_eval, NULL));
+    ck_assert_msg(fabs(cpu_eval - gpu_eval) <= 1e-5 * gpu_eval, "CPU %.8g vs GPU %.8g", cpu_eval, gpu_eval);
+    test_tmpdir_remove(dir);
+    mfres_model_free(&m), mfres_model_free(&back);
+    free_tiny_data(&t);
+}
+END_TEST
+
+/* One short Fashion-MNIST run on each device: the GPU reaches the CPU's accuracy. */
+START_TEST(gpu_fashion_mnist_reaches_cpu_accuracy) {
+    double acc[2];
+    for (int d = 0; d < 2; d++) {
+        mfres_train_config cfg;
+        mfres_train_config_default(&cfg);
+        snprintf(cfg.data, sizeof cfg.data, "fashion-mnist:%s", test_fashion_mnist_dir());
+        cfg.model.depth = 8, cfg.epochs = 1, cfg.train_limit = 12800, cfg.test_limit = 2000, cfg.quiet = true;
+        cfg.device = d ? MFRES_DEVICE_CUDA : MFRES_DEVICE_CPU;
+        char dir[256];
+        test_tmpdir_make(dir, sizeof dir, d ? "gpu-fm" : "cpu-fm");
+        snprintf(cfg.out_dir, sizeof cfg.out_dir, "%s", dir);
+        mfres_train_result res;
+        ck_assert_ok(mfres_train(&cfg, &res));
+        acc[d] = res.test_acc;
+        test_tmpdir_remove(dir);
+    }
+    ck_assert_msg(acc[1] >= 0.70, "GPU run: test accuracy %.2f%%", 100 * acc[1]);
+    ck_assert_msg(fabs(acc[1] - acc[0]) <= 0.02, "GPU %.2f%% vs CPU %.2f%%", 100 * acc[1], 100 * acc[0]);
+}
+END_TEST
+
+static Suite *make_suite(void) {
+    Suite *s = suite_create("gpu_model");
+    TCase *tc = tcase_create("gpu");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, gpu_matches_reference_postact_meanfield);
+    tcase_add_test(tc, gpu_matches_reference_preact_meanfield);
+    tcase_add_test(tc, gpu_matches_reference_postact_vanilla);
+    tcase_add_test(tc, gpu_matches_reference_bottleneck_meanfield);
+    tcase_add_test(tc, gpu_matches_reference_resnext_postact);
+    tcase_add_test(tc, gpu_matches_reference_resnext_preact);
+    tcase_add_test(tc, gpu_matches_cpu_postact);
+    tcase_add_test(tc, gpu_matches_cpu_preact);
+    tcase_add_test(tc, gpu_matches_cpu_resnext);
+    tcase_add_test(tc, gpu_training_step_matches_cpu_and_swaps_blocks);
+    tcase_add_test(tc, gpu_same_inputs_same_bits);
+    tcase_add_test(tc, gpu_model_file_evaluates_the_same_on_the_cpu);
+    tcase_add_test(tc, gpu_fashion_mnist_reaches_cpu_accuracy);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    if (mfres_device_check(MFRES_DEVICE_CUDA, MFRES_PRECISION_FP32)) {
+        printf("SKIP test_gpu_model: %s\n", mfres_last_error());
+        return 77;
+    }
+    SRunner *sr = srunner_create(make_suite());
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
