@@ -154,6 +154,20 @@ static void layout_arena(const mfres_model *m, gpu_plan *g, arena *a) {
 /* ------------------------------------------------------------------------ */
 /* upload and download: convolution weights OIHW on the host, KRSC here */
 
+/* Every copy goes through the plan's stream: it is a non-blocking stream, which
+ * does not wait for the legacy default stream that plain cudaMemcpy uses. */
+static int copy_now(gpu_plan *g, void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+    if (!bytes) return MFRES_OK;
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, kind, g->stream));
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    return MFRES_OK;
+}
+#define COPY(dst, src, bytes, kind)                                 \
+    do {                                                            \
+        int c_ = copy_now(g, (dst), (src), (bytes), (kind));        \
+        if (c_) return c_;                                          \
+    } while (0)
+
 static bool is_conv_weight(const mfres_tensor *t) { return t->ndim == 4 && !t->is_tau; }
 
 /* dst[k][r][s][c] = src[k][c][r][s], or back when to_host. */
@@ -210,10 +224,10 @@ static int upload_steps(gpu_plan *g, const mfres_model *m) {
 int gpu_upload(gpu_plan *g, const mfres_model *m) {
     int rc = copy_param_shaped(g, m, g->params, m->params, m->params, false);
     if (rc) return rc;
-    CUDA_TRY(cudaMemcpy(g->buffers, m->buffers, m->n_buffers * sizeof(float), cudaMemcpyHostToDevice));
+    COPY(g->buffers, m->buffers, m->n_buffers * sizeof(float), cudaMemcpyHostToDevice);
     if (m->n_tau) {
-        CUDA_TRY(cudaMemcpy(g->tau, m->tau, m->n_tau * sizeof(float), cudaMemcpyHostToDevice));
-        CUDA_TRY(cudaMemcpy(g->order, m->order, m->n_tau * sizeof(int), cudaMemcpyHostToDevice));
+        COPY(g->tau, m->tau, m->n_tau * sizeof(float), cudaMemcpyHostToDevice);
+        COPY(g->order, m->order, m->n_tau * sizeof(int), cudaMemcpyHostToDevice);
     }
     return upload_steps(g, m);
 }
@@ -223,11 +237,11 @@ int gpu_download(gpu_plan *g, mfres_model *m, bool grads) {
     int rc = copy_param_shaped(g, m, g->params, m->params, m->params, true);
     if (!rc && grads) rc = copy_param_shaped(g, m, g->grads, m->grads, m->params, true);
     if (rc) return rc;
-    CUDA_TRY(cudaMemcpy(m->buffers, g->buffers, m->n_buffers * sizeof(float), cudaMemcpyDeviceToHost));
+    COPY(m->buffers, g->buffers, m->n_buffers * sizeof(float), cudaMemcpyDeviceToHost);
     if (m->n_tau) {
-        CUDA_TRY(cudaMemcpy(m->tau, g->tau, m->n_tau * sizeof(float), cudaMemcpyDeviceToHost));
-        CUDA_TRY(cudaMemcpy(m->order, g->order, m->n_tau * sizeof(int), cudaMemcpyDeviceToHost));
-        if (grads) CUDA_TRY(cudaMemcpy(m->tau_grad, g->tau_grad, m->n_tau * sizeof(float), cudaMemcpyDeviceToHost));
+        COPY(m->tau, g->tau, m->n_tau * sizeof(float), cudaMemcpyDeviceToHost);
+        COPY(m->order, g->order, m->n_tau * sizeof(int), cudaMemcpyDeviceToHost);
+        if (grads) COPY(m->tau_grad, g->tau_grad, m->n_tau * sizeof(float), cudaMemcpyDeviceToHost);
         int P = m->particles;
         for (int s = 0; s < 3; s++) mf_steps(m->h + s * P, m->order + s * P, m->tau + s * P, P);
     }
@@ -306,15 +320,15 @@ static int plan_create(gpu_plan *g, const mfres_model *m) {
     CUDA_TRY(cudaMalloc((void **)&g->params, np * sizeof(float)));
     CUDA_TRY(cudaMalloc((void **)&g->grads, np * sizeof(float)));
     CUDA_TRY(cudaMalloc((void **)&g->buffers, (m->n_buffers ? m->n_buffers : 1) * sizeof(float)));
-    CUDA_TRY(cudaMemset(g->grads, 0, np * sizeof(float)));
+    CUDA_TRY(cudaMemsetAsync(g->grads, 0, np * sizeof(float), g->stream));
     if (m->n_tau) {
         CUDA_TRY(cudaMalloc((void **)&g->tau, m->n_tau * sizeof(float)));
         CUDA_TRY(cudaMalloc((void **)&g->tau_grad, m->n_tau * sizeof(float)));
         CUDA_TRY(cudaMalloc((void **)&g->order, m->n_tau * sizeof(int)));
-        CUDA_TRY(cudaMemset(g->tau_grad, 0, m->n_tau * sizeof(float)));
+        CUDA_TRY(cudaMemsetAsync(g->tau_grad, 0, m->n_tau * sizeof(float), g->stream));
     }
-    CUDA_TRY(cudaMemset(g->epoch_stats, 0, 3 * sizeof(double)));
-    CUDA_TRY(cudaMemset(g->dh, 0, 3 * (size_t)n * sizeof(float)));
+    CUDA_TRY(cudaMemsetAsync(g->epoch_stats, 0, 3 * sizeof(double), g->stream));
+    CUDA_TRY(cudaMemsetAsync(g->dh, 0, 3 * (size_t)n * sizeof(float), g->stream));
     g->host_stage_floats = np > (size_t)3 * n ? np : (size_t)3 * n;
     CUDA_TRY(cudaMallocHost((void **)&g->host_stage, g->host_stage_floats * sizeof(float)));
     CUDA_TRY(cudaMallocHost((void **)&g->host_step, sizeof *g->host_step + (m->n_tau + 1) * sizeof(int)));
@@ -501,13 +515,14 @@ int gpu_backward(gpu_plan *g, const mfres_model *m) {
 int gpu_optim_upload(gpu_plan *g, const mfres_model *m, const mfres_optimizer *o) {
     g->momentum = o->momentum, g->weight_decay = o->weight_decay, g->tau_lr_mult = o->tau_lr_mult;
     g->nesterov = o->nesterov;
+    if (g->graph_update) cudaGraphExecDestroy(g->graph_update), g->graph_update = NULL; /* it holds the old settings */
     g->tau_end = m->n_tau ? mf_tau_end(m->particles, m->cfg.tau_init) : 0.0f;
     if (!g->velocity) CUDA_TRY(cudaMalloc((void **)&g->velocity, m->n_params * sizeof(float)));
     int rc = copy_param_shaped(g, m, g->velocity, o->velocity, m->params, false);
     if (rc) return rc;
     if (m->n_tau) {
         if (!g->tau_velocity) CUDA_TRY(cudaMalloc((void **)&g->tau_velocity, m->n_tau * sizeof(float)));
-        CUDA_TRY(cudaMemcpy(g->tau_velocity, o->tau_velocity, m->n_tau * sizeof(float), cudaMemcpyHostToDevice));
+        COPY(g->tau_velocity, o->tau_velocity, m->n_tau * sizeof(float), cudaMemcpyHostToDevice);
     }
     g->have_optim = true;
     return MFRES_OK;
@@ -517,7 +532,7 @@ int gpu_optim_download(gpu_plan *g, const mfres_model *m, mfres_optimizer *o) {
     if (!g->have_optim) return mfres_fail(MFRES_EINVAL, "no optimiser on the GPU to download");
     int rc = copy_param_shaped(g, m, g->velocity, o->velocity, m->params, true);
     if (!rc && m->n_tau)
-        CUDA_TRY(cudaMemcpy(o->tau_velocity, g->tau_velocity, m->n_tau * sizeof(float), cudaMemcpyDeviceToHost));
+        COPY(o->tau_velocity, g->tau_velocity, m->n_tau * sizeof(float), cudaMemcpyDeviceToHost);
     return rc;
 }
 
@@ -527,10 +542,10 @@ int gpu_data_upload(gpu_plan *g, const mfres_dataset *ds, const float *lut) {
     if (g->image_labels) cudaFree(g->image_labels), g->image_labels = NULL;
     CUDA_TRY(cudaMalloc((void **)&g->images, image_bytes * ds->n));
     CUDA_TRY(cudaMalloc((void **)&g->image_labels, ds->n));
-    CUDA_TRY(cudaMemcpy(g->images, ds->pixels, image_bytes * ds->n, cudaMemcpyHostToDevice));
-    CUDA_TRY(cudaMemcpy(g->image_labels, ds->labels, ds->n, cudaMemcpyHostToDevice));
+    COPY(g->images, ds->pixels, image_bytes * ds->n, cudaMemcpyHostToDevice);
+    COPY(g->image_labels, ds->labels, ds->n, cudaMemcpyHostToDevice);
     if (!g->lut) CUDA_TRY(cudaMalloc((void **)&g->lut, 256 * sizeof(float) * ds->c));
-    CUDA_TRY(cudaMemcpy(g->lut, lut, 256 * sizeof(float) * ds->c, cudaMemcpyHostToDevice));
+    COPY(g->lut, lut, 256 * sizeof(float) * ds->c, cudaMemcpyHostToDevice);
     g->n_images = ds->n, g->img_c = ds->c, g->img_h = ds->h, g->img_w = ds->w;
     if (g->perm) cudaFree(g->perm), cudaFree(g->oy), cudaFree(g->ox), cudaFree(g->flip);
     CUDA_TRY(cudaMalloc((void **)&g->perm, ds->n * sizeof(uint32_t)));
