@@ -101,7 +101,7 @@ else
   acc_gpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval2.txt")
   awk -v a="${acc_cpu:-x}" -v b="${acc_gpu:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 0.02 && b - a < 0.02) }'
   check "eval --device cuda of a CPU-trained model: training's accuracy ($acc_cpu on the CPU, ${acc_gpu:-none} on the GPU)" $?
-  for p in fp32 bf16; do
+  for p in fp32 tf32; do  # bf16's speed and numbers are bench/gpu's and test_gpu_model's
     $MFRES bench --device cuda --precision $p --model resnet8 --batch 64 --iters 2 --warmup 2 > "$tmp/bench.txt" 2>&1
     rc=$?
     [ "$rc" -eq 0 ] && tail -1 "$tmp/bench.txt" | grep -q "device=cuda precision=$p "
