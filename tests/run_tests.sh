@@ -21,7 +21,9 @@ run_one() {
     passed=$((passed+1)); printf 'PASS %-40s %4ds\n' "$name" $((SECONDS-t0))
   elif [ "$rc" -eq 77 ]; then
     skipped=$((skipped+1))
-    printf 'SKIP %s: %s\n' "$name" "$(grep -v '^[[:space:]]*$' "$log" | tail -1)"
+    local why; why=$(grep -v '^[[:space:]]*$' "$log" | tail -1)
+    why=${why#SKIP}; why=${why#:}; why=${why# }; why=${why#"$name"}; why=${why#:}; why=${why# }  # no "SKIP x: SKIP x:"
+    printf 'SKIP %s: %s\n' "$name" "$why"
   else
     failed=$((failed+1)); failed_names+=("$name"); printf 'FAIL %-40s %4ds\n' "$name" $((SECONDS-t0))
     sed 's/^/    | /' "$log" | tail -40
