@@ -18,13 +18,20 @@ LDLIBS += $(MPI_LIBS)
 # (sm_90) and the A100 (sm_80), and PTX that newer GPUs compile at load time.
 NVCC_FOUND := $(if $(MFRES_NO_CUDA),,$(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc)))
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC_FOUND))
-CUDA_OK := $(if $(NVCC_FOUND),$(and $(wildcard $(CUDA_HOME)/include/cudnn.h),$(wildcard $(CUDA_HOME)/include/cublas_v2.h)))
+# cuDNN beside the toolkit, or where CUDNN_HOME says (pip's nvidia-cudnn-cu13:
+# CUDNN_HOME=.../site-packages/nvidia/cudnn, which has no unversioned libcudnn.so).
+CUDNN_HOME ?= $(CUDA_HOME)
+CUDNN_LIBDIR := $(firstword $(wildcard $(CUDNN_HOME)/lib64/libcudnn.so* $(CUDNN_HOME)/lib/libcudnn.so*))
+CUDNN_LIBDIR := $(patsubst %/,%,$(dir $(CUDNN_LIBDIR)))
+CUDA_OK := $(if $(NVCC_FOUND),$(and $(wildcard $(CUDNN_HOME)/include/cudnn.h),$(CUDNN_LIBDIR),$(wildcard $(CUDA_HOME)/include/cublas_v2.h)))
 CUDA_STATE := $(if $(CUDA_OK),cuda,nocuda)
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=[sm_90,compute_90]
 NVCCFLAGS := -std=c++17 -O3 -g -lineinfo $(CUDA_ARCH) -Iinclude -Isrc -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
-CUDA_CFLAGS := $(if $(CUDA_OK),-isystem $(CUDA_HOME)/include)
+CUDA_CFLAGS := $(if $(CUDA_OK),$(if $(filter-out $(CUDA_HOME),$(CUDNN_HOME)),-isystem $(CUDNN_HOME)/include) -isystem $(CUDA_HOME)/include)
 TEST_CFLAGS := $(if $(CUDA_OK),-DMFRES_HAVE_CUDA $(CUDA_CFLAGS))
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lstdc++
+CUDNN_LIB := $(if $(wildcard $(CUDNN_LIBDIR)/libcudnn.so),-lcudnn,-l:libcudnn.so.9)
+CUDA_LIBS := -L$(CUDNN_LIBDIR) -Wl,-rpath,$(CUDNN_LIBDIR) -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
+  $(CUDNN_LIB) -lcublas -lcudart -lstdc++
 LDLIBS += $(if $(CUDA_OK),$(CUDA_LIBS))
 
 BUILD := build
@@ -50,7 +57,7 @@ features:
 	  f=$${h%%:*}; n=$${h##*:}; \
 	  if echo "#include <$$f>" | $(CC) -E -x c - >/dev/null 2>&1; then printf '  \342\234\223 %s\n' "$$n"; else printf '  \342\234\227 %s\n' "$$n"; fi; done
 	@if [ $(CUDA_STATE) = cuda ]; then printf '  \342\234\223 CUDA backend (--device cuda; cuDNN, cuBLAS from %s)\n' '$(CUDA_HOME)'; \
-	 else printf '  \342\234\227 CUDA backend (%s; CPU only)\n' '$(if $(MFRES_NO_CUDA),MFRES_NO_CUDA set,$(if $(NVCC_FOUND),cuDNN or cuBLAS headers not found,nvcc not found))'; fi
+	 else printf '  \342\234\227 CUDA backend (%s; CPU only)\n' '$(if $(MFRES_NO_CUDA),MFRES_NO_CUDA set,$(if $(NVCC_FOUND),cuDNN or cuBLAS not found: set CUDNN_HOME or CUDA_HOME,nvcc not found))'; fi
 	@if [ $(MPI_STATE) = mpi ]; then printf '  \342\234\223 MPI (data-parallel training: mpirun -np N mfres train)\n'; else printf '  \342\234\227 MPI (single process only)\n'; fi
 	@if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import torch' 2>/dev/null; then printf '  \342\234\223 PyTorch reference tests\n'; else printf '  \342\234\227 PyTorch reference tests\n'; fi
 	@if command -v gnuplot >/dev/null 2>&1; then printf '  \342\234\223 gnuplot plots\n'; else printf '  \342\234\227 gnuplot plots (CSV only)\n'; fi

@@ -82,6 +82,13 @@ done
 [ -n "$PY" ] || PY=$(command -v python3 || echo /usr/bin/python3)
 NVCC=$(command -v nvcc || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
 CUDA_GUESS=${NVCC:+${NVCC%/bin/nvcc}}
+# cuDNN may be only PyTorch's pip package (nvidia-cudnn-cu13) there: the Makefile takes it as CUDNN_HOME.
+if [ -z "${CUDNN_HOME:-}" ] && [ ! -f "${CUDA_GUESS:-/nonexistent}/include/cudnn.h" ]; then
+  d=$(timeout 120 "$PY" -c 'import nvidia.cudnn as c; print(list(c.__path__)[0])' 2>/dev/null | tail -1)
+  [ -n "$d" ] && [ -f "$d/include/cudnn.h" ] && export CUDNN_HOME=$d
+fi
+CUDNN_INC=${CUDNN_HOME:+-isystem $CUDNN_HOME/include}
+CUDNN_LIBDIR=${CUDNN_HOME:+$CUDNN_HOME/lib}
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); host: $(uname -srm); $(nproc 2>/dev/null) cores;" \
        "$(free -g 2>/dev/null | awk '/^Mem:/ { print $2 " GiB memory" }'); disk: $(df -h . 2>/dev/null | awk 'NR == 2 { print $4 " free" }')"
@@ -126,7 +133,7 @@ check_deps() {
   for h in oneapi/dnnl/dnnl.h:oneDNN cblas.h:CBLAS lapacke.h:LAPACKE zlib.h:zlib sqlite3.h:SQLite check.h:Check \
            cudnn.h:cuDNN cublas_v2.h:cuBLAS cuda_runtime.h:CUDA-runtime; do
     f=${h%%:*}; n=${h##*:}
-    if echo "#include <$f>" | cc -E -x c ${CUDA_GUESS:+-isystem "$CUDA_GUESS/include"} - >/dev/null 2>&1; then
+    if echo "#include <$f>" | cc -E -x c $CUDNN_INC ${CUDA_GUESS:+-isystem "$CUDA_GUESS/include"} - >/dev/null 2>&1; then
       echo "  ✓ $n <$f>"
     else
       echo "  ✗ $n <$f>"
@@ -140,8 +147,9 @@ check_deps() {
   else
     echo "  ✗ cannot link -ldnnl -lopenblas -llapacke -lz -lsqlite3: $(grep -m1 'cannot find' "$WORK/linktest.log")"; missing+=(libraries)
   fi
-  if [ -n "$CUDA_GUESS" ] && ! echo 'int main(void) { return 0; }' | cc -x c - -o "$WORK/linktest" -L"$CUDA_GUESS/lib64" \
-       -lcudnn -lcublas -lcudart >"$WORK/linktest.log" 2>&1; then
+  echo "  cuDNN from: ${CUDNN_HOME:-${CUDA_GUESS:-?}}"
+  if [ -n "$CUDA_GUESS" ] && ! echo 'int main(void) { return 0; }' | cc -x c - -o "$WORK/linktest" \
+       ${CUDNN_LIBDIR:+-L"$CUDNN_LIBDIR"} -L"$CUDA_GUESS/lib64" -l:libcudnn.so.9 -lcublas -lcudart >"$WORK/linktest.log" 2>&1; then
     echo "  ✗ cannot link -lcudnn -lcublas -lcudart from $CUDA_GUESS/lib64: $(grep -m1 'cannot find' "$WORK/linktest.log")"
     missing+=(cuda-libraries)
   fi
