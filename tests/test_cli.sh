@@ -84,7 +84,7 @@ $MFRES train "${common[@]}" --epochs 4 --seed 5 --lr 0.05 --out "$tmp/res" --res
 check "resume with an allowed change and more epochs runs" $?
 grep -q '"history": \[{"resumed_after_epoch": 3, "step": 36, "changed": {"lr": \["0.10000000000000001", "0.050000000000000003"\], "epochs": \[3, 4\]}}\]' "$tmp/res/config.json" &&
   grep -q '"lr": 0.05,' "$tmp/res/config.json" && [ "$(wc -l < "$tmp/res/metrics.jsonl")" -eq 4 ]
-check "config.json records the resume history ($(grep history "$tmp/res/config.json"))" $?
+r=$?; check "config.json records the resume history ($(grep history "$tmp/res/config.json"))" $r
 
 # Run directories: never overwritten, never shared, never resumed from nothing.
 cp "$tmp/a/model.safetensors" "$tmp/a.model"
@@ -102,7 +102,7 @@ expect_exit 2 "resume without a state file" "holds no training state" \
   echo $? > "$tmp/lock_rc"
 )
 [ "$(cat "$tmp/lock_rc" 2>/dev/null)" = 1 ] && grep -q "in use: another mfres process" "$tmp/err"
-check "a second process on one run directory is refused ($(head -c 200 "$tmp/err"))" $?
+r=$?; check "a second process on one run directory is refused ($(head -c 200 "$tmp/err"))" $r
 python3 - "$tmp/res/state.safetensors" "$tmp/state.bad" <<'PY'
 import sys
 blob = open(sys.argv[1], "rb").read()

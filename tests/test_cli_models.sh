@@ -38,7 +38,7 @@ for isa in "" AVX2; do
     DNNL_MAX_CPU_ISA=$isa $MFRES bench $net --input 3x32x32 --batch 16 --iters 1 --warmup 0 --threads 2 --profile \
       > "$tmp/prof.txt" 2>&1
     ! grep -q " ref:" "$tmp/prof.txt" && grep -q "conv bwd weights (projection)" "$tmp/prof.txt"
-    check "no reference kernels (${isa:-native}, $net)$(grep -m1 " ref:" "$tmp/prof.txt" | tr -s ' ')" $?
+    r=$?; check "no reference kernels (${isa:-native}, $net)$(grep -m1 " ref:" "$tmp/prof.txt" | tr -s ' ')" $r
   done
 done
 

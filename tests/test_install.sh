@@ -10,7 +10,7 @@ fails=0
 check() { if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; fails=$((fails+1)); fi; }
 prefix="$tmp/prefix"
 make --no-print-directory install PREFIX="$prefix" BUILD="${MFRES_BUILD:-build}" >"$tmp/install.log" 2>&1
-check "make install PREFIX=$prefix ($(tail -1 "$tmp/install.log"))" $?
+r=$?; check "make install PREFIX=$prefix ($(tail -1 "$tmp/install.log"))" $r
 for f in bin/mfres lib/libmfres.a include/mfres/core.h include/mfres/model.h include/mfres/safetensors.h \
          lib/pkgconfig/mfres.pc share/man/man1/mfres.1; do
   [ -s "$prefix/$f" ]; check "installed $f" $?
@@ -47,8 +47,8 @@ flags=$(pkg-config --cflags --libs mfres)
 check "pkg-config --cflags --libs mfres ($flags)" $?
 # shellcheck disable=SC2086
 cc -std=c11 -o "$tmp/use" "$tmp/use.c" $flags 2>"$tmp/cc.log"
-check "a program builds against the installed library ($(head -c 300 "$tmp/cc.log"))" $?
+r=$?; check "a program builds against the installed library ($(head -c 300 "$tmp/cc.log"))" $r
 "$tmp/use" "$tmp/m.safetensors" > "$tmp/use.out" 2>&1 && grep -q "round trip exact" "$tmp/use.out"
-check "and runs: $(cat "$tmp/use.out")" $?
+r=$?; check "and runs: $(cat "$tmp/use.out")" $r
 echo "$fails failures"
 [ "$fails" -eq 0 ]
