@@ -78,6 +78,13 @@ cmp -s "$tmp/A/resnet20-meanfield-s0/model.safetensors" "$tmp/B/resnet20-meanfie
   cmp -s "$tmp/A/resnet20-vanilla-s0/model.safetensors" "$tmp/B/resnet20-vanilla-s0/model.safetensors"
 check "resumed runs end bit-identical to unbroken ones" $?
 
+# A root from before --device and --precision (its JSON lacks both keys) is the same grid on the CPU in fp32.
+cp -r "$tmp/A" "$tmp/old"
+sed -i -e '/"device"/d' -e '/"precision"/d' "$tmp/old/sweep.json" "$tmp"/old/resnet20-*/config.json
+! grep -q '"device"' "$tmp/old/sweep.json" "$tmp"/old/resnet20-*/config.json &&
+  $MFRES sweep --root "$tmp/old" --seeds 0,1 "${grid[@]}" >"$tmp/old.out" 2>&1 && grep -q "4 finished, 0 stopped" "$tmp/old.out"
+check "a sweep root written before --device existed is still this grid's" $?
+
 # ---- sweep: bad roots ----
 expect_exit 2 "another grid's root is refused, naming the root and the flag" "$tmp/A holds the runs of another grid.*lr is 0.1 there, 0.05 here" \
   $MFRES sweep --root "$tmp/A" --seeds 0,1 "${grid[@]}" --lr 0.05

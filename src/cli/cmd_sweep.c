@@ -132,13 +132,22 @@ static bool key_may_differ(const char *key, const mfres_train_config *cfg) {
     return false;
 }
 
+/* A key that configurations gained after `there` may have been written, and
+ * what its absence meant: sweeps from before the GPU backend ran on the CPU in fp32. */
+static bool absent_means(const char *key, const json_value *v) {
+    static const char *const added[][2] = {{"device", "cpu"}, {"precision", "fp32"}};
+    for (size_t k = 0; k < sizeof added / sizeof added[0]; k++)
+        if (!strcmp(key, added[k][0])) return v->type == JSON_STRING && !strcmp(v->string, added[k][1]);
+    return false;
+}
+
 /* Names the first key where `there` (found on disk) and `here` differ. */
 static bool first_difference(const json_value *there, const json_value *here, const mfres_train_config *cfg,
                              char *msg, size_t cap) {
     for (int i = 0; i < here->n; i++) {
         if (key_may_differ(here->keys[i], cfg)) continue;
         const json_value *old = json_get(there, here->keys[i]);
-        if (old && json_equal(old, &here->items[i])) continue;
+        if (old ? json_equal(old, &here->items[i]) : absent_means(here->keys[i], &here->items[i])) continue;
         char *a = NULL, *b = NULL;
         size_t la, lb;
         FILE *ma = open_memstream(&a, &la), *mb = open_memstream(&b, &lb);
