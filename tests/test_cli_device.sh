@@ -50,7 +50,26 @@ $MFRES bench --model resnet8 --batch 16 --iters 1 --warmup 0 --threads 2 --devic
 rc=$?
 [ "$rc" -eq 0 ] && tail -1 "$tmp/bench.txt" | grep -q "^train_images_per_s=[0-9.]* infer_images_per_s=[0-9.]* device=cpu precision=fp32 model=resnet8 " &&
   grep -q "device cpu, precision fp32: " "$tmp/bench.txt"
-check "bench --device cpu: the device in the header, the result line parseable ($(tail -1 "$tmp/bench.txt"))" $?
+r=$?; check "bench --device cpu: the device in the header, the result line parseable ($(tail -1 "$tmp/bench.txt"))" $r
+
+# A training state from before --device (no device or precision in its settings) resumes as the CPU's fp32.
+cp -r "$tmp/cpu" "$tmp/old"
+/usr/bin/python3 - "$tmp/old/state.safetensors" <<'PY'
+import json, struct, sys
+path = sys.argv[1]
+raw = open(path, "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n])
+for k in ("setting.device", "setting.precision"):
+    del head["__metadata__"][k]
+text = json.dumps(head).encode()
+text += b" " * (-len(text) % 8)
+open(path, "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+PY
+! grep -aq 'setting.device' "$tmp/old/state.safetensors" &&
+  $MFRES train "${tiny[@]}" --epochs 2 --resume --out "$tmp/old" > "$tmp/old.txt" 2>&1 &&
+  [ "$(wc -l < "$tmp/old/metrics.jsonl")" -eq 2 ]
+r=$?; check "a training state written before --device existed resumes on the CPU ($(tail -1 "$tmp/old.txt" | head -c 160))" $r
 
 # Which branch: a GPU listed by nvidia-smi, and this mfres built with CUDA.
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
@@ -89,7 +108,7 @@ else
   $MFRES train "${tiny[@]}" --train-limit 1024 --test-limit 512 --device cuda --out "$tmp/gpu" > "$tmp/gpu.txt" 2>&1
   rc=$?
   [ "$rc" -eq 0 ] && [ -s "$tmp/gpu/model.safetensors" ] && grep -q '"device": "cuda"' "$tmp/gpu/config.json"
-  check "train --device cuda runs (exit $rc: $(tail -1 "$tmp/gpu.txt" | head -c 200))" $?
+  r=$?; check "train --device cuda runs (exit $rc: $(tail -1 "$tmp/gpu.txt" | head -c 200))" $r
   acc_gpu=$(tail -1 "$tmp/gpu/metrics.jsonl" 2>/dev/null | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
   $MFRES eval --model-file "$tmp/gpu/model.safetensors" --batch 64 --limit 512 --threads 2 > "$tmp/eval.txt" 2>&1
   acc_cpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval.txt")
@@ -105,7 +124,7 @@ else
     $MFRES bench --device cuda --precision $p --model resnet8 --batch 64 --iters 2 --warmup 2 > "$tmp/bench.txt" 2>&1
     rc=$?
     [ "$rc" -eq 0 ] && tail -1 "$tmp/bench.txt" | grep -q "device=cuda precision=$p "
-    check "bench --device cuda --precision $p ($(tail -1 "$tmp/bench.txt" | head -c 120))" $?
+    r=$?; check "bench --device cuda --precision $p ($(tail -1 "$tmp/bench.txt" | head -c 120))" $r
   done
 fi
 
