@@ -95,6 +95,7 @@ typedef struct mfres_model {
     size_t activation_bytes; /* the arena: activations, saved state, gradient scratch */
     struct mfres_arch *arch;  /* the architecture description (src/models/arch.h) */
     struct cpu_plan *impl;    /* the oneDNN training and inference plans (src/models/cpu_plan.h) */
+    int last_reorders;        /* stages whose order the last sort changed */
     mfres_device device;      /* where forward and backward run (mfres_model_set_device) */
     mfres_precision precision;
     struct gpu_plan *gpu;     /* the CUDA plan when device is MFRES_DEVICE_CUDA (src/gpu/gpu.h) */
@@ -104,6 +105,11 @@ typedef struct mfres_model {
  * (He/Kaiming normal for convolutions, PyTorch's default for the classifier,
  * BN gamma 1 beta 0) from `seed`. */
 int mfres_model_create(mfres_model *m, const mfres_model_config *cfg, uint64_t seed);
+/* The same, with the model on device d at precision p from the start: a model
+ * made for the GPU never builds the CPU's plan (for ResNeXt-29 at batch 128,
+ * 10 GiB of activations), unless it is moved back. */
+int mfres_model_create_on(mfres_model *m, const mfres_model_config *cfg, uint64_t seed, mfres_device d,
+                          mfres_precision p);
 void mfres_model_free(mfres_model *m);
 
 /* Runs the model's forward and backward passes on device d at precision p
@@ -137,6 +143,7 @@ int mfres_model_backward(mfres_model *m);
  * sums, over the job's `ranks` ranks through allreduce_sum (x <- its sum over
  * ranks, in place; every rank must have this model's batch). NULL: each rank
  * normalises with its own batch, the default. */
+/* (CPU only: the GPU backend trains in one process.) */
 void mfres_model_set_sync_bn(mfres_model *m, int (*allreduce_sum)(double *x, size_t n, void *arg), void *arg,
                              int ranks);
 /* Sorts each stage's particles by tau (stable) and recomputes the steps h. */
@@ -149,7 +156,7 @@ int mfres_model_last_reorders(const mfres_model *m);
  * and oneDNN implementation. Turning it on clears the table. The table is
  * printed per step; step_seconds is the whole measured step (labelled
  * `whole`), so the table shows what lies outside the kernels. */
-void mfres_model_set_profiling(mfres_model *m, bool on);
+void mfres_model_set_profiling(mfres_model *m, bool on); /* CPU only */
 void mfres_model_print_profile(const mfres_model *m, FILE *out, long steps, double step_seconds, const char *whole);
 
 /* ---- model files (safetensors; tensor names as in PyTorch's state_dict) ---- */

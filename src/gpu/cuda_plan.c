@@ -356,6 +356,10 @@ int gpu_plan_create(gpu_plan **out, const mfres_model *m, mfres_precision p) {
     return MFRES_OK;
 }
 
+size_t gpu_activation_bytes(const gpu_plan *g) {
+    return g->arena_bytes + g->workspace_bytes + g->cublas_workspace_bytes;
+}
+
 void gpu_plan_free(gpu_plan *g) {
     if (!g) return;
     if (g->stream) cudaStreamSynchronize(g->stream);
@@ -633,7 +637,7 @@ int gpu_train_step(gpu_plan *g, mfres_model *m, long first, float lr, gpu_step_r
         for (int s = 0; s < 3; s++)
             reorders += memcmp(m->order + s * P, g->host_step->order + s * P, P * sizeof(int)) != 0;
         memcpy(m->order, g->host_step->order, m->n_tau * sizeof(int));
-        res->reorders = reorders;
+        res->reorders = m->last_reorders = reorders;
     }
     return MFRES_OK;
 }

@@ -33,6 +33,8 @@ typedef struct gpu_plan gpu_plan;
  * device memory) and uploads m's parameters, statistics and tau. */
 int gpu_plan_create(gpu_plan **out, const mfres_model *m, mfres_precision p);
 void gpu_plan_free(gpu_plan *g);
+/* Device memory of activations, scratch and workspaces, for the summary. */
+size_t gpu_activation_bytes(const gpu_plan *g);
 int gpu_upload(gpu_plan *g, const mfres_model *m);
 /* Parameters, running statistics, tau, order and h into m's host buffers;
  * with grads, also the gradients and tau gradients of the last backward. */

@@ -25,6 +25,10 @@ int gpu_plan_create(gpu_plan **out, const mfres_model *m, mfres_precision p) {
     return not_built();
 }
 void gpu_plan_free(gpu_plan *g) { (void)g; }
+size_t gpu_activation_bytes(const gpu_plan *g) {
+    (void)g;
+    return 0;
+}
 int gpu_upload(gpu_plan *g, const mfres_model *m) {
     (void)g, (void)m;
     return not_built();

@@ -71,7 +71,6 @@ typedef struct cpu_plan {
     void *arena;
     struct infer_plan *infer;
     bool have_train_forward;
-    int last_reorders;
     profiler prof;
 } cpu_plan;
 

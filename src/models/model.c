@@ -38,11 +38,27 @@ static void init_weights(mfres_model *m, uint64_t seed) {
 }
 
 int mfres_model_create(mfres_model *m, const mfres_model_config *cfg, uint64_t seed) {
+    return mfres_model_create_on(m, cfg, seed, MFRES_DEVICE_CPU, MFRES_PRECISION_FP32);
+}
+
+/* The plan of the device the model is on: the CPU's is built when first
+ * needed, so that a model on the GPU never holds the CPU's activations. */
+static int cpu_plan_needed(mfres_model *m) {
+    if (m->impl) return MFRES_OK;
+    int rc = cpu_plan_create(m);
+    if (rc) cpu_plan_free(m);
+    return rc;
+}
+
+int mfres_model_create_on(mfres_model *m, const mfres_model_config *cfg, uint64_t seed, mfres_device d,
+                          mfres_precision p) {
     memset(m, 0, sizeof *m);
-    int rc = arch_create(m, cfg);
+    int rc = mfres_device_check(d, p);
+    if (rc) return rc;
+    rc = arch_create(m, cfg);
     if (!rc) {
         init_weights(m, seed);
-        rc = cpu_plan_create(m);
+        rc = d == MFRES_DEVICE_CPU ? cpu_plan_needed(m) : mfres_model_set_device(m, d, p);
     }
     if (rc) mfres_model_free(m);
     return rc;
@@ -71,25 +87,33 @@ void mfres_model_sort_blocks(mfres_model *m) {
         changed += mf_sort(m->order + s * P, m->tau + s * P, P);
         mf_steps(m->h + s * P, m->order + s * P, m->tau + s * P, P);
     }
-    if (m->impl) m->impl->last_reorders = changed;
+    m->last_reorders = changed;
 }
 
-int mfres_model_last_reorders(const mfres_model *m) { return m->impl->last_reorders; }
+int mfres_model_last_reorders(const mfres_model *m) { return m->last_reorders; }
 
 int mfres_model_set_device(mfres_model *m, mfres_device d, mfres_precision p) {
     int rc = mfres_device_check(d, p);
     if (rc) return rc;
-    if (d == m->device && p == m->precision) return MFRES_OK;
+    if (m->gpu && d == m->device && p == m->precision) return MFRES_OK;
     if (m->gpu) { /* leaving the GPU, or changing precision: the host copy first */
         if ((rc = gpu_download(m->gpu, m, false))) return rc;
         gpu_plan_free(m->gpu);
         m->gpu = NULL;
-    }
-    if (d == MFRES_DEVICE_CUDA && (rc = gpu_plan_create(&m->gpu, m, p))) {
-        m->gpu = NULL;
         m->device = MFRES_DEVICE_CPU, m->precision = MFRES_PRECISION_FP32;
+    }
+    if (d == MFRES_DEVICE_CPU) {
+        rc = cpu_plan_needed(m);
+        if (!rc) m->device = d, m->precision = p;
         return rc;
     }
+    if ((rc = gpu_plan_create(&m->gpu, m, p))) {
+        m->gpu = NULL;
+        return rc;
+    }
+    /* The CPU's plan, if any, goes: its arena is as large as the GPU's. */
+    cpu_plan_free(m);
+    m->activation_bytes = gpu_activation_bytes(m->gpu);
     m->device = d, m->precision = p;
     return MFRES_OK;
 }
@@ -103,27 +127,34 @@ int mfres_model_sync_device(mfres_model *m) { return m->gpu ? gpu_upload(m->gpu,
 int mfres_model_forward(mfres_model *m, const float *images, const int32_t *labels, bool train, double *loss,
                         int *correct) {
     if (m->gpu) return gpu_forward(m->gpu, m, images, labels, train, loss, correct);
+    int rc = cpu_plan_needed(m);
+    if (rc) return rc;
     cpu_plan *r = m->impl;
     if (train) return cpu_train_forward(m, images, labels, loss, correct);
     r->have_train_forward = false;
-    int rc = infer_plan_forward(r->infer, m, images, r->logits, &r->prof);
+    rc = infer_plan_forward(r->infer, m, images, r->logits, &r->prof);
     return rc ? rc : cpu_finish_loss(m, r->logits, labels, loss, correct);
 }
 
-int mfres_model_backward(mfres_model *m) { return m->gpu ? gpu_backward(m->gpu, m) : cpu_train_backward(m); }
+int mfres_model_backward(mfres_model *m) {
+    if (m->gpu) return gpu_backward(m->gpu, m);
+    int rc = cpu_plan_needed(m);
+    return rc ? rc : cpu_train_backward(m);
+}
 
 void mfres_model_set_sync_bn(mfres_model *m, int (*allreduce_sum)(double *x, size_t n, void *arg), void *arg,
                              int ranks) {
-    m->impl->ctx.bn_sync = (nn_bn_sync){.allreduce_sum = allreduce_sum, .arg = arg, .ranks = ranks};
+    if (m->impl) m->impl->ctx.bn_sync = (nn_bn_sync){.allreduce_sum = allreduce_sum, .arg = arg, .ranks = ranks};
 }
 
 void mfres_model_set_profiling(mfres_model *m, bool on) {
+    if (!m->impl) return;
     m->impl->prof.on = on;
     if (on) m->impl->prof.n = 0;
 }
 
 void mfres_model_print_profile(const mfres_model *m, FILE *out, long steps, double step_seconds, const char *whole) {
-    profile_print(&m->impl->prof, out, steps, step_seconds, whole);
+    if (m->impl) profile_print(&m->impl->prof, out, steps, step_seconds, whole);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -174,7 +205,8 @@ void mfres_model_print_summary(const mfres_model *m, FILE *out) {
     human_bytes(e, sizeof e, m->n_params * 4.0);
     fprintf(out, "  total: %zu parameters (%.2f M), %.1f MFLOPs per image forward (training ~3x)\n", m->n_params,
             m->n_params / 1e6, m->forward_flops / 1e6);
-    fprintf(out, "  memory: parameters %s, gradients %s, running statistics %s, activations+scratch %s", a, e, b, d);
+    fprintf(out, "  memory: parameters %s, gradients %s, running statistics %s, activations+scratch %s%s", a, e, b, d,
+            m->gpu ? " (on the GPU)" : "");
     if (m->n_tau) fprintf(out, ", tau %d values", m->n_tau);
     fputc('\n', out);
 }

@@ -388,7 +388,7 @@ static int gpu_start(const mfres_train_config *cfg, mfres_model *m, const mfres_
     plan->ox = mfres_alloc(n, "GPU epoch plan");
     plan->flip = mfres_alloc(n, "GPU epoch plan");
     if (!plan->perm || !plan->oy || !plan->ox || !plan->flip) return MFRES_ENOMEM;
-    int rc = mfres_model_set_device(m, cfg->device, cfg->precision);
+    int rc = mfres_model_sync_device(m); /* the state a resume loaded */
     if (!rc) rc = gpu_optim_upload(m->gpu, m, opt);
     if (!rc) rc = gpu_data_upload(m->gpu, train_set, mfres_loader_lut(loader));
     if (rc) return rc;
@@ -470,7 +470,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
     text metrics = {0};
     gpu_epoch_plan plan = {0};
     char path[4200];
-    if ((rc = mfres_model_create(&m, &rank_model, cfg.seed))) {
+    if ((rc = mfres_model_create_on(&m, &rank_model, cfg.seed, cfg.device, cfg.precision))) {
         mfres_data_free(&data);
         return rc;
     }
@@ -574,7 +574,7 @@ int mfres_train(const mfres_train_config *cfg_in, mfres_train_result *res) {
             if (cfg.inject_drift_step && res->steps + 1 == cfg.inject_drift_step && rank == ranks - 1)
                 m.params[0] = nextafterf(m.params[0], INFINITY);
             opt.lr = scheduled_lr;
-            if (m.n_tau) reorders += on_gpu ? gs.reorders : mfres_model_last_reorders(&m);
+            if (m.n_tau) reorders += mfres_model_last_reorders(&m);
             loss_sum += stats.loss_sum, correct += (long)stats.correct, seen += (long)stats.seen;
             step++, res->steps++;
             if (show) {
