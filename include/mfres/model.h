@@ -170,6 +170,9 @@ int mfres_model_save(const mfres_model *m, const char *path, const char *data_na
  * and loads its tensors. data_name (cap bytes), mean[3], std[3] may be NULL. */
 int mfres_model_load(mfres_model *m, const char *path, int batch, char *data_name, size_t cap, float *mean,
                      float *std);
+/* The same, with the model on device d at precision p (mfres_model_create_on). */
+int mfres_model_load_on(mfres_model *m, const char *path, int batch, mfres_device d, mfres_precision p,
+                        char *data_name, size_t cap, float *mean, float *std);
 
 /* Reference path in double precision (ref kernels, NCHW), for tests. Runs the
  * model's architecture with the given parameters (laid out like m->params) and

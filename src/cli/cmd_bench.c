@@ -157,12 +157,7 @@ int cmd_bench(int argc, char **argv) {
     int nthreads = mfres_set_threads((int)threads);
     if (gemm) return bench_gemm();
     mfres_model m;
-    if (mfres_model_create(&m, &cfg, 1)) return cli_runtime_error(cmd);
-    if (mfres_model_set_device(&m, device, precision)) {
-        int rc = cli_runtime_error(cmd);
-        mfres_model_free(&m);
-        return rc;
-    }
+    if (mfres_model_create_on(&m, &cfg, 1, device, precision)) return cli_runtime_error(cmd);
     char device_desc[256];
     mfres_device_describe(device, device_desc, sizeof device_desc);
     size_t n_in = (size_t)cfg.batch * cfg.in_c * cfg.in_h * cfg.in_w;

@@ -66,13 +66,8 @@ int cmd_eval(int argc, char **argv) {
     mfres_model m;
     char trained_on[64];
     float mean[3], std[3];
-    if (mfres_model_load(&m, model_file, (int)batch, trained_on, sizeof trained_on, mean, std))
+    if (mfres_model_load_on(&m, model_file, (int)batch, device, precision, trained_on, sizeof trained_on, mean, std))
         return cli_runtime_error(cmd);
-    if (mfres_model_set_device(&m, device, precision)) {
-        int rc = cli_runtime_error(cmd);
-        mfres_model_free(&m);
-        return rc;
-    }
     if (!data_spec) data_spec = trained_on[0] ? trained_on : "fashion-mnist";
     mfres_data data;
     if (mfres_data_open(&data, data_spec)) {

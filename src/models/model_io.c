@@ -218,6 +218,11 @@ static int load_tensors(mfres_model *m, const mfres_safetensors *st, const char 
 
 int mfres_model_load(mfres_model *m, const char *path, int batch, char *data_name, size_t cap, float *mean,
                      float *std) {
+    return mfres_model_load_on(m, path, batch, MFRES_DEVICE_CPU, MFRES_PRECISION_FP32, data_name, cap, mean, std);
+}
+
+int mfres_model_load_on(mfres_model *m, const char *path, int batch, mfres_device device, mfres_precision precision,
+                        char *data_name, size_t cap, float *mean, float *std) {
     mfres_safetensors st;
     int rc = mfres_safetensors_load(&st, path);
     if (rc) return rc;
@@ -236,12 +241,16 @@ int mfres_model_load(mfres_model *m, const char *path, int batch, char *data_nam
         rc = mfres_fail_context(MFRES_EFORMAT, "%s: metadata describes no valid model", path);
         goto done;
     }
-    if ((rc = mfres_model_create(m, &mm.cfg, 0))) goto done;
+    if ((rc = mfres_model_create_on(m, &mm.cfg, 0, device, precision))) goto done;
     if ((rc = load_tensors(m, &st, path))) {
         mfres_model_free(m);
         goto done;
     }
     mfres_model_sort_blocks(m);
+    if ((rc = mfres_model_sync_device(m))) {
+        mfres_model_free(m);
+        goto done;
+    }
     if (data_name) snprintf(data_name, cap, "%s", mm.data);
     if (mean && std) {
         memcpy(mean, mm.mean, sizeof mm.mean);
