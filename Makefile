@@ -42,7 +42,7 @@ CLI_SRC := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
-TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_gpu_emulated
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCH_BIN := $(BUILD)/tools/allreduce_bench
@@ -87,6 +87,17 @@ $(BUILD)/mfres: $(CLI_OBJ) $(BUILD)/libmfres.a
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libmfres.a tests/testutil.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(TEST_CFLAGS) -Itests -o $@ $< $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
+
+# The GPU plan's own logic on the CPU: src/gpu's plan files against tests/gpu_emu
+# (the CUDA runtime, cuDNN, cuBLAS and kernels.h restated in plain C), with
+# test_gpu_model's cases. Built the same way with or without CUDA.
+EMU_SRC := src/gpu/cuda_plan.c src/gpu/cuda_block_postact.c src/gpu/cuda_block_preact.c tests/gpu_emu/emu.c \
+  tests/gpu_emu/kernels_host.c
+$(BUILD)/tests/test_gpu_emulated: tests/test_gpu_model.c $(EMU_SRC) $(wildcard tests/gpu_emu/*.h src/gpu/*.h) \
+  $(BUILD)/libmfres.a tests/testutil.h
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -DMFRES_GPU_EMULATED -Itests/gpu_emu -Itests -o $@ tests/test_gpu_model.c \
+	  $(EMU_SRC) $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
 
 $(BUILD)/tools/%: bench/%.c $(BUILD)/libmfres.a
 	@mkdir -p $(dir $@)

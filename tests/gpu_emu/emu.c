@@ -1,0 +1,199 @@
+/* The CPU stand-in for the CUDA runtime, cuDNN and cuBLAS (emu.h), the device
+ * queries (cuda_device.c's functions) and the convolutions (cudnn_conv.c's
+ * functions), for tests/test_gpu_emulated. The convolutions are plain loops
+ * over NHWC maps and KRSC weights with groups, accumulating in double. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu/cuda_plan.h"
+#include "mfres/core.h"
+
+/* ---- runtime ---- */
+
+struct emu_stream { int unused; };
+struct emu_cudnn { int unused; };
+struct emu_cublas { int unused; };
+
+const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }
+cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
+    (void)flags;
+    *s = calloc(1, sizeof **s);
+    return *s ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) { free(s); return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) { return s ? cudaSuccess : cudaErrorInvalidValue; }
+/* Device memory is filled with a NaN pattern, as a GPU's is not zeroed: a read
+ * of memory the plan never wrote shows up in the results. */
+cudaError_t cudaMalloc(void **p, size_t bytes) {
+    *p = malloc(bytes ? bytes : 1);
+    if (!*p) return cudaErrorMemoryAllocation;
+    memset(*p, 0xff, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void **p, size_t bytes) { return cudaMalloc(p, bytes); }
+cudaError_t cudaFree(void *p) { free(p); return cudaSuccess; }
+cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
+    (void)kind;
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+    if (!s) return cudaErrorInvalidValue;
+    return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s) {
+    if (!s) return cudaErrorInvalidValue;
+    memset(p, value, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode) {
+    (void)s, (void)mode;
+    return cudaErrorNotSupported;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g) {
+    (void)s, (void)g;
+    return cudaErrorNotSupported;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long flags) {
+    (void)e, (void)g, (void)flags;
+    return cudaErrorNotSupported;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
+    (void)e, (void)s;
+    return cudaErrorNotSupported;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) { (void)g; return cudaSuccess; }
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { (void)e; return cudaSuccess; }
+
+cudnnStatus_t cudnnCreate(cudnnHandle_t *h) { *h = calloc(1, sizeof **h); return CUDNN_STATUS_SUCCESS; }
+cudnnStatus_t cudnnDestroy(cudnnHandle_t h) { free(h); return CUDNN_STATUS_SUCCESS; }
+cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s) { return h && s ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_NOT_SUPPORTED; }
+
+cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = calloc(1, sizeof **h); return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasDestroy(cublasHandle_t h) { free(h); return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s) { return h && s ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE; }
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m) { (void)h, (void)m; return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetWorkspace(cublasHandle_t h, void *ws, size_t bytes) {
+    (void)h;
+    return ws && bytes ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+}
+cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                           const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
+                           float *C, int ldc) {
+    (void)h;
+    /* op(A)(i, p) and op(B)(p, j) of column-major storage. */
+    if (ldc < m || lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n)) return CUBLAS_STATUS_INVALID_VALUE;
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            double s = 0;
+            for (int p = 0; p < k; p++) {
+                float a = ta == CUBLAS_OP_N ? A[i + (size_t)p * lda] : A[p + (size_t)i * lda];
+                float b = tb == CUBLAS_OP_N ? B[p + (size_t)j * ldb] : B[j + (size_t)p * ldb];
+                s += (double)a * b;
+            }
+            float *c = &C[i + (size_t)j * ldc];
+            *c = (float)(*alpha * s + (*beta == 0.0f ? 0.0 : (double)*beta * *c));
+        }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* ---- cuda_device.c's functions ---- */
+
+bool gpu_built(void) { return true; }
+int gpu_check(mfres_precision p) {
+    if (p != MFRES_PRECISION_FP32) return mfres_fail(MFRES_EINVAL, "the emulated GPU runs fp32 only");
+    return MFRES_OK;
+}
+void gpu_describe(char *buf, size_t cap) { snprintf(buf, cap, "emulated GPU (plain C on the CPU; tests only)"); }
+int cuda_fail(cudaError_t e, const char *call, const char *file, int line) {
+    return mfres_fail(MFRES_EBACKEND, "CUDA: %s (%s at %s:%d)", cudaGetErrorString(e), call, file, line);
+}
+int cublas_fail(cublasStatus_t s, const char *call, const char *file, int line) {
+    return mfres_fail(MFRES_EBACKEND, "cuBLAS: status %d (%s at %s:%d)", (int)s, call, file, line);
+}
+int cudnn_fail(cudnnStatus_t s, const char *call, const char *file, int line) {
+    return mfres_fail(MFRES_EBACKEND, "cuDNN: status %d (%s at %s:%d)", (int)s, call, file, line);
+}
+
+/* ---- cudnn_conv.c's functions: NHWC maps, KRSC weights, groups ---- */
+
+int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres_precision p, bool need_bwd_data) {
+    (void)h, (void)p;
+    memset(c, 0, sizeof *c);
+    c->N = N, c->C = s->C, c->H = s->H, c->W = s->W, c->K = s->K, c->R = s->R, c->stride = s->stride;
+    c->pad = s->pad, c->groups = s->groups, c->OH = s->OH, c->OW = s->OW, c->need_bwd_data = need_bwd_data;
+    if ((c->H + 2 * c->pad - c->R) / c->stride + 1 != c->OH || (c->W + 2 * c->pad - c->R) / c->stride + 1 != c->OW)
+        return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: output shape mismatch");
+    c->workspace = 4096; /* exercise the plan's workspace */
+    return MFRES_OK;
+}
+void gpu_conv_free(gpu_conv *c) { memset(c, 0, sizeof *c); }
+
+/* Visits every (image, output pixel, output channel, tap, input channel of the group). */
+#define CONV_LOOP(c, BODY)                                                                            \
+    do {                                                                                              \
+        int cg_ = (c)->C / (c)->groups, kg_ = (c)->K / (c)->groups;                                   \
+        for (int n = 0; n < (c)->N; n++)                                                              \
+            for (int oy = 0; oy < (c)->OH; oy++)                                                      \
+                for (int ox = 0; ox < (c)->OW; ox++)                                                  \
+                    for (int k = 0; k < (c)->K; k++)                                                  \
+                        for (int r = 0; r < (c)->R; r++)                                              \
+                            for (int q = 0; q < (c)->R; q++) {                                        \
+                                int iy = oy * (c)->stride - (c)->pad + r, ix = ox * (c)->stride - (c)->pad + q; \
+                                if (iy < 0 || iy >= (c)->H || ix < 0 || ix >= (c)->W) continue;      \
+                                int g0 = (k / kg_) * cg_;                                             \
+                                for (int ci = 0; ci < cg_; ci++) {                                    \
+                                    size_t xi = (((size_t)n * (c)->H + iy) * (c)->W + ix) * (c)->C + g0 + ci; \
+                                    size_t yi = (((size_t)n * (c)->OH + oy) * (c)->OW + ox) * (c)->K + k; \
+                                    size_t wi = (((size_t)k * (c)->R + r) * (c)->R + q) * cg_ + ci;   \
+                                    BODY;                                                             \
+                                }                                                                     \
+                            }                                                                         \
+    } while (0)
+
+static double *zeros(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
+
+int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, float *y, const float *x, const float *w, void *ws,
+                     size_t ws_bytes) {
+    (void)h;
+    if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");
+    size_t ny = (size_t)c->N * c->OH * c->OW * c->K;
+    double *acc = zeros(ny);
+    CONV_LOOP(c, acc[yi] += (double)x[xi] * w[wi]);
+    for (size_t i = 0; i < ny; i++) y[i] = (float)acc[i];
+    free(acc);
+    return MFRES_OK;
+}
+
+int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, float *dx, const float *dy, const float *w, void *ws,
+                           size_t ws_bytes) {
+    (void)h;
+    if (!c->need_bwd_data) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: no backward-data algorithm chosen");
+    if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");
+    size_t nx = (size_t)c->N * c->H * c->W * c->C;
+    double *acc = zeros(nx);
+    CONV_LOOP(c, acc[xi] += (double)dy[yi] * w[wi]);
+    for (size_t i = 0; i < nx; i++) dx[i] = (float)acc[i];
+    free(acc);
+    return MFRES_OK;
+}
+
+int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, float *dw, const float *x, const float *dy,
+                              void *ws, size_t ws_bytes) {
+    (void)h;
+    if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");
+    size_t nw = (size_t)c->K * c->R * c->R * (c->C / c->groups);
+    double *acc = zeros(nw);
+    CONV_LOOP(c, acc[wi] += (double)dy[yi] * x[xi]);
+    for (size_t i = 0; i < nw; i++) dw[i] = (float)acc[i];
+    free(acc);
+    return MFRES_OK;
+}
+
+void gpu_conv_describe(const gpu_conv *c, char *buf, size_t cap) {
+    snprintf(buf, cap, "emulated %dx%d convolution", c->R, c->R);
+}
