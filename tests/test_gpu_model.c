@@ -355,7 +355,7 @@ static void train_steps(mfres_model *m, tiny_data *t, int steps, const char *gra
     for (int i = 0; i < steps; i++) ck_assert_ok(gpu_train_step(m->gpu, m, (long)(i % 4) * 8, o.lr, &r));
     ck_assert_ok(mfres_model_sync_host(m, false));
     mfres_optimizer_free(&o);
-    unsetenv("MFRES_CUDA_GRAPHS");
+    setenv("MFRES_CUDA_GRAPHS", GRAPHS_ON, 1); /* the default of this build */
 }
 
 START_TEST(gpu_same_inputs_same_bits) {
@@ -392,6 +392,53 @@ START_TEST(gpu_model_file_evaluates_the_same_on_the_cpu) {
     test_tmpdir_remove(dir);
     mfres_model_free(&m), mfres_model_free(&back);
     free_tiny_data(&t);
+}
+END_TEST
+
+/* mfres_train on the GPU: two epochs in one run, or one and then a resume,
+ * end in the same model file, byte for byte (the momentum, tau and the epoch
+ * plan travel between host and device at the epoch's end). */
+static long read_file(const char *path, unsigned char **out) {
+    FILE *fp = fopen(path, "rb");
+    ck_assert_msg(fp != NULL, "cannot open %s", path);
+    fseek(fp, 0, SEEK_END);
+    long n = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    *out = malloc(n);
+    ck_assert_int_eq(fread(*out, 1, n, fp), n);
+    fclose(fp);
+    return n;
+}
+
+START_TEST(gpu_training_resumes_bit_identically) {
+    char dir[2][256];
+    for (int run = 0; run < 2; run++) {
+        mfres_train_config cfg;
+        mfres_train_config_default(&cfg);
+        snprintf(cfg.data, sizeof cfg.data, "fashion-mnist:%s", test_fashion_mnist_dir());
+        cfg.model.depth = 8, cfg.model.batch = 32, cfg.train_limit = 96, cfg.test_limit = 64, cfg.quiet = true;
+        cfg.augment = 1, cfg.flip = 1; /* the epoch plan's crops and flips on the device */
+        cfg.cosine = false, cfg.n_milestones = 0; /* a rate that does not depend on --epochs */
+        cfg.device = MFRES_DEVICE_CUDA;
+        test_tmpdir_make(dir[run], sizeof dir[run], "gpu-resume");
+        snprintf(cfg.out_dir, sizeof cfg.out_dir, "%s", dir[run]);
+        mfres_train_result res;
+        cfg.epochs = run == 0 ? 2 : 1;
+        ck_assert_ok(mfres_train(&cfg, &res));
+        if (run == 1) {
+            cfg.epochs = 2, cfg.resume = true;
+            ck_assert_ok(mfres_train(&cfg, &res));
+        }
+        ck_assert_int_eq(res.epochs_done, 2);
+    }
+    char a[300], b[300];
+    snprintf(a, sizeof a, "%s/model.safetensors", dir[0]);
+    snprintf(b, sizeof b, "%s/model.safetensors", dir[1]);
+    unsigned char *fa, *fb;
+    long na = read_file(a, &fa), nb = read_file(b, &fb);
+    ck_assert_msg(na == nb && !memcmp(fa, fb, na), "2 epochs and 1 + resume 1 differ");
+    free(fa), free(fb);
+    test_tmpdir_remove(dir[0]), test_tmpdir_remove(dir[1]);
 }
 END_TEST
 
@@ -435,6 +482,7 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, gpu_training_step_matches_cpu_and_swaps_blocks);
     tcase_add_test(tc, gpu_same_inputs_same_bits);
     tcase_add_test(tc, gpu_model_file_evaluates_the_same_on_the_cpu);
+    tcase_add_test(tc, gpu_training_resumes_bit_identically);
 #ifndef MFRES_GPU_EMULATED
     tcase_add_test(tc, gpu_fashion_mnist_reaches_cpu_accuracy);
 #endif
