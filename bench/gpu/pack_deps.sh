@@ -7,7 +7,8 @@
 # against it, and runs mfres with it on LD_LIBRARY_PATH (mfres only: PyTorch
 # keeps the machine's own libraries).
 #
-#   bash bench/gpu/pack_deps.sh      then carry gpu-deps with the run (about 20 MB)
+#   bash bench/gpu/pack_deps.sh      then carry gpu-deps with the run (about 45 MB:
+#                                    the kit and Fashion-MNIST for the GPU tests)
 #
 # gpu-deps/ is added to .git/info/exclude (ignored, so it travels only when
 # carried). Debian packages; Debian's alternatives (cblas.h, libblas.so.3,
@@ -51,5 +52,9 @@ bad=$(find "$stage" -type l -lname '/*' | sed "s|^$stage||")
 mkdir -p gpu-deps
 grep -qx '/gpu-deps/' .git/info/exclude 2>/dev/null || echo '/gpu-deps/' >> .git/info/exclude
 tar -C "$stage" -cJf gpu-deps/kit.tar.xz usr
+# Fashion-MNIST (30 MB) for test_gpu_model's training runs: the GPU machine has no data sets.
+mkdir -p gpu-deps/fashion-mnist
+cp /usr/share/datasets/fashion-mnist/*-ubyte.gz gpu-deps/fashion-mnist/
+echo "gpu-deps/fashion-mnist: $(du -sh gpu-deps/fashion-mnist | cut -f1)"
 echo "gpu-deps/kit.tar.xz: $(du -h gpu-deps/kit.tar.xz | cut -f1) ($(tar -tJf gpu-deps/kit.tar.xz | wc -l) entries;" \
      "$(du -sh "$stage" | cut -f1) unpacked)"

@@ -208,6 +208,8 @@ elif [ "${TORCH_ONLY:-0}" != 1 ]; then
 
   # -------------------------------------------------------------- GPU tests
   section "GPU tests"
+  # Fashion-MNIST for test_gpu_model's training runs, carried in gpu-deps by pack_deps.sh.
+  [ -d gpu-deps/fashion-mnist ] && export MFRES_FASHION_MNIST=$PWD/gpu-deps/fashion-mnist
   for name in test_gpu_kernels test_gpu_model; do
     bin=build/tests/$name
     if [ ! -x "$bin" ]; then
