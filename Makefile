@@ -169,6 +169,6 @@ install: all
 	install -m 644 $(BUILD)/libmfres.a $(DESTDIR)$(PREFIX)/lib/libmfres.a
 	install -m 644 include/mfres/*.h $(DESTDIR)$(PREFIX)/include/mfres/
 	install -m 644 docs/mfres.1 $(DESTDIR)$(PREFIX)/share/man/man1/mfres.1
-	sed 's|@PREFIX@|$(PREFIX)|' mfres.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mfres.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@CUDA_LIBS@|$(if $(CUDA_OK),$(CUDA_LIBS))|' mfres.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/mfres.pc
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
