@@ -42,7 +42,8 @@ CLI_SRC := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
-TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_gpu_emulated
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_gpu_emulated \
+  $(if $(CUDA_OK),$(BUILD)/tests/test_gpu_kernels_emulated)
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCH_BIN := $(BUILD)/tools/allreduce_bench
@@ -98,6 +99,26 @@ $(BUILD)/tests/test_gpu_emulated: tests/test_gpu_model.c $(EMU_SRC) $(wildcard t
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -DMFRES_GPU_EMULATED -Itests/gpu_emu -Itests -o $@ tests/test_gpu_model.c \
 	  $(EMU_SRC) $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
+
+# The kernels themselves on the CPU (builds with the CUDA headers): tests/gpu_simt
+# runs kernels.cu's CUDA C++ thread by thread, with block barriers, warp shuffles
+# and graph capture (transform.py rewrites only its <<<...>>> launches), so that
+# test_gpu_kernels' cases run on machines without a GPU, CI's included.
+SIMT := $(BUILD)/gpu_simt
+SIMT_CXXFLAGS := -std=c++17 -O2 -g -ffp-contract=off -Wall -Wextra -Werror -Wno-unknown-pragmas -Itests/gpu_simt -Iinclude -Isrc $(CUDA_CFLAGS)
+$(SIMT)/kernels_emu.cpp: src/gpu/kernels.cu tests/gpu_simt/transform.py
+	@mkdir -p $(SIMT)
+	python3 tests/gpu_simt/transform.py $< $@
+$(SIMT)/kernels_emu.o: $(SIMT)/kernels_emu.cpp tests/gpu_simt/emu_core.h src/gpu/kernels.h
+	$(CXX) $(SIMT_CXXFLAGS) -c $< -o $@
+$(SIMT)/emu_rt.o: tests/gpu_simt/emu_rt.cpp tests/gpu_simt/emu_core.h
+	@mkdir -p $(SIMT)
+	$(CXX) $(SIMT_CXXFLAGS) -c $< -o $@
+$(BUILD)/tests/test_gpu_kernels_emulated: tests/test_gpu_kernels.c $(SIMT)/kernels_emu.o $(SIMT)/emu_rt.o \
+  $(BUILD)/libmfres.a tests/testutil.h
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(TEST_CFLAGS) -DMFRES_GPU_EMULATED -Itests -o $@ $< $(SIMT)/kernels_emu.o \
+	  $(SIMT)/emu_rt.o $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
 
 $(BUILD)/tools/%: bench/%.c $(BUILD)/libmfres.a
 	@mkdir -p $(dir $@)

@@ -11,7 +11,13 @@
  *
  * The host-side helpers (layout conversion, the restatement of the loader's
  * prepare_image) are checked on the CPU first, on every machine. The GPU part
- * needs a CUDA build and a GPU; without one the program says SKIP and exits 77. */
+ * needs a CUDA build and a GPU; without one the program says SKIP and exits 77.
+ *
+ * Built with -DMFRES_GPU_EMULATED against tests/gpu_simt (the Makefile's
+ * test_gpu_kernels_emulated), the same cases run kernels.cu on the CPU, thread
+ * by thread: the kernels' logic on every machine with the CUDA headers; their
+ * behaviour on real hardware (fused arithmetic, races between blocks) only on
+ * a GPU. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1193,6 +1199,9 @@ int main(void) {
         printf("SKIP test_gpu_kernels: no CUDA GPU here (%s)\n", cudaGetErrorString(e));
         return 77;
     }
+#ifdef MFRES_GPU_EMULATED
+    printf("kernels.cu on the emulated GPU (tests/gpu_simt: CUDA's threads, barriers and shuffles on the CPU)\n");
+#endif
     /* No fork: a CUDA context does not survive one, and cudaGetDeviceCount made it. */
     return run_suite(gpu_suite(), CK_NOFORK, true) ? EXIT_FAILURE : EXIT_SUCCESS;
 #endif
