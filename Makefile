@@ -43,7 +43,7 @@ TEST_SRC := $(sort $(wildcard tests/test_*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_gpu_emulated \
-  $(if $(CUDA_OK),$(BUILD)/tests/test_gpu_kernels_emulated)
+  $(if $(CUDA_OK),$(BUILD)/tests/test_gpu_kernels_emulated $(BUILD)/tests/test_gpu_model_simt)
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCH_BIN := $(BUILD)/tools/allreduce_bench
@@ -92,7 +92,7 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmfres.a tests/testutil.h
 # The GPU plan's own logic on the CPU: src/gpu's plan files against tests/gpu_emu
 # (the CUDA runtime, cuDNN, cuBLAS and kernels.h restated in plain C), with
 # test_gpu_model's cases. Built the same way with or without CUDA.
-EMU_SRC := src/gpu/cuda_plan.c src/gpu/cuda_block_postact.c src/gpu/cuda_block_preact.c tests/gpu_emu/emu.c \
+EMU_SRC := src/gpu/cuda_plan.c src/gpu/cuda_block_postact.c src/gpu/cuda_block_preact.c tests/gpu_emu/emu.c tests/gpu_emu/dnn_ref.c \
   tests/gpu_emu/kernels_host.c
 $(BUILD)/tests/test_gpu_emulated: tests/test_gpu_model.c $(EMU_SRC) $(wildcard tests/gpu_emu/*.h src/gpu/*.h) \
   $(BUILD)/libmfres.a tests/testutil.h
@@ -119,6 +119,16 @@ $(BUILD)/tests/test_gpu_kernels_emulated: tests/test_gpu_kernels.c $(SIMT)/kerne
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(TEST_CFLAGS) -DMFRES_GPU_EMULATED -Itests -o $@ $< $(SIMT)/kernels_emu.o \
 	  $(SIMT)/emu_rt.o $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
+
+# The plan, kernels.cu and CUDA graphs together on the SIMT emulator: test_gpu_model's
+# cases with cuDNN and cuBLAS as tests/gpu_simt/libs_emu.c's enqueued loops.
+SIMT_PLAN_SRC := src/gpu/cuda_plan.c src/gpu/cuda_block_postact.c src/gpu/cuda_block_preact.c \
+  tests/gpu_simt/libs_emu.c tests/gpu_emu/dnn_ref.c
+$(BUILD)/tests/test_gpu_model_simt: tests/test_gpu_model.c $(SIMT_PLAN_SRC) $(SIMT)/kernels_emu.o $(SIMT)/emu_rt.o \
+  $(wildcard src/gpu/*.h) $(BUILD)/libmfres.a tests/testutil.h
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(CUDA_CFLAGS) -DMFRES_GPU_SIMT -Itests -o $@ $< $(SIMT_PLAN_SRC) \
+	  $(SIMT)/kernels_emu.o $(SIMT)/emu_rt.o $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
 
 $(BUILD)/tools/%: bench/%.c $(BUILD)/libmfres.a
 	@mkdir -p $(dir $@)

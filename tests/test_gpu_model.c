@@ -11,7 +11,13 @@
  * CUDA runtime, cuDNN, cuBLAS and our kernels restated in plain C on the
  * CPU), is tests/test_gpu_emulated: it runs the GPU plan's own logic on every
  * machine. There CUDA graphs are off (their capture is the GPU's) and the
- * Fashion-MNIST run is left to the GPU (plain loops would take minutes). */
+ * Fashion-MNIST run is left to the GPU (plain loops would take minutes).
+ * Built with -DMFRES_GPU_SIMT against tests/gpu_simt, it is
+ * tests/test_gpu_model_simt: the plan with the real kernels.cu run thread by
+ * thread on the CPU, and CUDA graphs captured and replayed (CUDA builds). */
+#if defined(MFRES_GPU_EMULATED) || defined(MFRES_GPU_SIMT)
+#define EMULATED_GPU 1
+#endif
 #include <stdio.h>
 #include <string.h>
 
@@ -316,6 +322,22 @@ START_TEST(gpu_training_step_matches_cpu_and_swaps_blocks) {
     }
     ck_assert_msg(sqrt(diff) <= 1e-6 * sqrt(norm), "parameters after the step differ by %.3g (norm %.3g)", sqrt(diff),
                   sqrt(norm));
+    /* A second step in the new order: the GPU's pass (a CUDA graph where graphs
+     * are on) must now bind the swapped blocks, as the CPU does. */
+    ck_assert_ok(mfres_model_forward(&cpu, t.batch_images, t.batch_labels, true, &loss, NULL));
+    ck_assert_ok(mfres_model_backward(&cpu));
+    mfres_optimizer_step(&o_cpu, &cpu);
+    ck_assert_ok(gpu_train_step(gpu.gpu, &gpu, 0, o_gpu.lr, &r));
+    ck_assert_msg(fabs(r.loss - loss) <= 1e-5 * loss, "second step: loss GPU %.8g CPU %.8g", r.loss, loss);
+    ck_assert_ok(mfres_model_sync_host(&gpu, false));
+    diff = norm = 0;
+    for (size_t i = 0; i < cpu.n_params; i++) {
+        double d = (double)gpu.params[i] - cpu.params[i];
+        diff += d * d, norm += (double)cpu.params[i] * cpu.params[i];
+    }
+    ck_assert_msg(sqrt(diff) <= 1e-6 * sqrt(norm), "parameters after the second step differ by %.3g (norm %.3g)",
+                  sqrt(diff), sqrt(norm));
+    for (int i = 0; i < cpu.n_tau; i++) ck_assert_int_eq(gpu.order[i], cpu.order[i]);
     /* The momentum came back too. */
     ck_assert_ok(gpu_optim_download(gpu.gpu, &gpu, &o_gpu));
     diff = norm = 0;
@@ -443,7 +465,7 @@ START_TEST(gpu_training_resumes_bit_identically) {
 END_TEST
 
 /* One short Fashion-MNIST run on each device: the GPU reaches the CPU's accuracy. */
-#ifndef MFRES_GPU_EMULATED
+#ifndef EMULATED_GPU
 START_TEST(gpu_fashion_mnist_reaches_cpu_accuracy) {
     double acc[2];
     for (int d = 0; d < 2; d++) {
@@ -483,7 +505,7 @@ static Suite *make_suite(void) {
     tcase_add_test(tc, gpu_same_inputs_same_bits);
     tcase_add_test(tc, gpu_model_file_evaluates_the_same_on_the_cpu);
     tcase_add_test(tc, gpu_training_resumes_bit_identically);
-#ifndef MFRES_GPU_EMULATED
+#ifndef EMULATED_GPU
     tcase_add_test(tc, gpu_fashion_mnist_reaches_cpu_accuracy);
 #endif
     suite_add_tcase(s, tc);
@@ -494,6 +516,9 @@ int main(void) {
 #ifdef MFRES_GPU_EMULATED
     printf("the GPU plan on the emulated GPU (tests/gpu_emu: plain C on the CPU)\n");
     setenv("MFRES_CUDA_GRAPHS", "0", 1);
+#endif
+#ifdef MFRES_GPU_SIMT
+    printf("the GPU plan and kernels.cu on the emulated GPU (tests/gpu_simt: CUDA threads and graphs on the CPU)\n");
 #endif
     if (mfres_device_check(MFRES_DEVICE_CUDA, MFRES_PRECISION_FP32)) {
         printf("SKIP test_gpu_model: %s\n", mfres_last_error());

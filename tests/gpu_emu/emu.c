@@ -1,11 +1,11 @@
 /* The CPU stand-in for the CUDA runtime, cuDNN and cuBLAS (emu.h), the device
  * queries (cuda_device.c's functions) and the convolutions (cudnn_conv.c's
- * functions), for tests/test_gpu_emulated. The convolutions are plain loops
- * over NHWC maps and KRSC weights with groups, accumulating in double. */
+ * functions), for tests/test_gpu_emulated; the arithmetic is dnn_ref.c's. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "dnn_ref.h"
 #include "gpu/cuda_plan.h"
 #include "mfres/core.h"
 
@@ -85,20 +85,9 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
                            const float *alpha, const float *A, int lda, const float *B, int ldb, const float *beta,
                            float *C, int ldc) {
     (void)h;
-    /* op(A)(i, p) and op(B)(p, j) of column-major storage. */
-    if (ldc < m || lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n)) return CUBLAS_STATUS_INVALID_VALUE;
-    for (int j = 0; j < n; j++)
-        for (int i = 0; i < m; i++) {
-            double s = 0;
-            for (int p = 0; p < k; p++) {
-                float a = ta == CUBLAS_OP_N ? A[i + (size_t)p * lda] : A[p + (size_t)i * lda];
-                float b = tb == CUBLAS_OP_N ? B[p + (size_t)j * ldb] : B[j + (size_t)p * ldb];
-                s += (double)a * b;
-            }
-            float *c = &C[i + (size_t)j * ldc];
-            *c = (float)(*alpha * s + (*beta == 0.0f ? 0.0 : (double)*beta * *c));
-        }
-    return CUBLAS_STATUS_SUCCESS;
+    return dnn_ref_sgemm(ta == CUBLAS_OP_T, tb == CUBLAS_OP_T, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc)
+               ? CUBLAS_STATUS_INVALID_VALUE
+               : CUBLAS_STATUS_SUCCESS;
 }
 
 /* ---- cuda_device.c's functions ---- */
@@ -133,39 +122,16 @@ int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres
 }
 void gpu_conv_free(gpu_conv *c) { memset(c, 0, sizeof *c); }
 
-/* Visits every (image, output pixel, output channel, tap, input channel of the group). */
-#define CONV_LOOP(c, BODY)                                                                            \
-    do {                                                                                              \
-        int cg_ = (c)->C / (c)->groups, kg_ = (c)->K / (c)->groups;                                   \
-        for (int n = 0; n < (c)->N; n++)                                                              \
-            for (int oy = 0; oy < (c)->OH; oy++)                                                      \
-                for (int ox = 0; ox < (c)->OW; ox++)                                                  \
-                    for (int k = 0; k < (c)->K; k++)                                                  \
-                        for (int r = 0; r < (c)->R; r++)                                              \
-                            for (int q = 0; q < (c)->R; q++) {                                        \
-                                int iy = oy * (c)->stride - (c)->pad + r, ix = ox * (c)->stride - (c)->pad + q; \
-                                if (iy < 0 || iy >= (c)->H || ix < 0 || ix >= (c)->W) continue;      \
-                                int g0 = (k / kg_) * cg_;                                             \
-                                for (int ci = 0; ci < cg_; ci++) {                                    \
-                                    size_t xi = (((size_t)n * (c)->H + iy) * (c)->W + ix) * (c)->C + g0 + ci; \
-                                    size_t yi = (((size_t)n * (c)->OH + oy) * (c)->OW + ox) * (c)->K + k; \
-                                    size_t wi = (((size_t)k * (c)->R + r) * (c)->R + q) * cg_ + ci;   \
-                                    BODY;                                                             \
-                                }                                                                     \
-                            }                                                                         \
-    } while (0)
-
-static double *zeros(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
+static dnn_ref_conv ref_of(const gpu_conv *c) {
+    return (dnn_ref_conv){c->N, c->C, c->H, c->W, c->K, c->R, c->stride, c->pad, c->groups, c->OH, c->OW};
+}
 
 int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, float *y, const float *x, const float *w, void *ws,
                      size_t ws_bytes) {
     (void)h;
     if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");
-    size_t ny = (size_t)c->N * c->OH * c->OW * c->K;
-    double *acc = zeros(ny);
-    CONV_LOOP(c, acc[yi] += (double)x[xi] * w[wi]);
-    for (size_t i = 0; i < ny; i++) y[i] = (float)acc[i];
-    free(acc);
+    dnn_ref_conv r = ref_of(c);
+    dnn_ref_conv_forward(&r, y, x, w);
     return MFRES_OK;
 }
 
@@ -174,11 +140,8 @@ int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, float *dx, const 
     (void)h;
     if (!c->need_bwd_data) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: no backward-data algorithm chosen");
     if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");
-    size_t nx = (size_t)c->N * c->H * c->W * c->C;
-    double *acc = zeros(nx);
-    CONV_LOOP(c, acc[xi] += (double)dy[yi] * w[wi]);
-    for (size_t i = 0; i < nx; i++) dx[i] = (float)acc[i];
-    free(acc);
+    dnn_ref_conv r = ref_of(c);
+    dnn_ref_conv_backward_data(&r, dx, dy, w);
     return MFRES_OK;
 }
 
@@ -186,11 +149,8 @@ int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, float *dw, con
                               void *ws, size_t ws_bytes) {
     (void)h;
     if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");
-    size_t nw = (size_t)c->K * c->R * c->R * (c->C / c->groups);
-    double *acc = zeros(nw);
-    CONV_LOOP(c, acc[wi] += (double)dy[yi] * x[xi]);
-    for (size_t i = 0; i < nw; i++) dw[i] = (float)acc[i];
-    free(acc);
+    dnn_ref_conv r = ref_of(c);
+    dnn_ref_conv_backward_weights(&r, dw, x, dy);
     return MFRES_OK;
 }
 

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <memory>
 #include <vector>
 
 dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -135,8 +136,39 @@ void emu_launch(emu_cfg_t cfg, const char *name, std::function<void()> body) {
 }
 
 extern "C" {
+/* For the CUDA libraries' stand-ins (libs_emu.c): fn(arg) as a one-thread
+ * launch on stream s, so that it is recorded during a capture and replayed by
+ * the graph, as a cuDNN or cuBLAS call is. arg is copied. */
+void emu_launch_c(cudaStream_t s, const char *name, void (*fn)(void *), const void *arg, size_t bytes) {
+    auto buf = std::make_shared<std::vector<char>>((const char *)arg, (const char *)arg + bytes);
+    emu_launch(emu_cfg(dim3(1), dim3(1), 0, s), name, [fn, buf]() { fn(buf->data()); });
+}
+
+struct emu_copy { void *dst; const void *src; size_t n; int value; };
+static void emu_do_copy(void *a) { emu_copy *c = (emu_copy *)a; memmove(c->dst, c->src, c->n); }
+static void emu_do_set(void *a) { emu_copy *c = (emu_copy *)a; memset(c->dst, c->value, c->n); }
+cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, enum cudaMemcpyKind, cudaStream_t st) {
+    emu_copy c = {d, s, n, 0};
+    emu_launch_c(st, "cudaMemcpyAsync", emu_do_copy, &c, sizeof c);
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t st) {
+    emu_copy c = {d, nullptr, n, v};
+    emu_launch_c(st, "cudaMemsetAsync", emu_do_set, &c, sizeof c);
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = (cudaStream_t)malloc(1); return cudaSuccess; }
+cudaError_t cudaMallocHost(void **p, size_t n) { *p = malloc(n ? n : 1); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
+cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
+
 cudaError_t cudaGetLastError(void) { cudaError_t e = last_err; last_err = cudaSuccess; return e; }
-cudaError_t cudaMalloc(void **p, size_t n) { *p = malloc(n); return *p ? cudaSuccess : cudaErrorMemoryAllocation; }
+/* Filled with a NaN pattern, as a GPU's memory is not zeroed: reading what was never written shows. */
+cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = malloc(n ? n : 1);
+    if (*p) memset(*p, 0xff, n);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
 cudaError_t cudaFree(void *p) { free(p); return cudaSuccess; }
 cudaError_t cudaMemcpy(void *d, const void *s, size_t n, enum cudaMemcpyKind) { memcpy(d, s, n); return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
@@ -150,8 +182,12 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode) {
     return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g) { capturing = false; *g = (cudaGraph_t)capture_graph; return cudaSuccess; }
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) { *e = (cudaGraphExec_t)g; return cudaSuccess; }
+/* An executable graph is a copy, as CUDA's is: the graph may be destroyed after. */
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) {
+    *e = (cudaGraphExec_t) new Graph(*(Graph *)g);
+    return cudaSuccess;
+}
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) { for (auto &op : ((Graph *)e)->ops) op(); return cudaSuccess; }
-cudaError_t cudaGraphExecDestroy(cudaGraphExec_t) { return cudaSuccess; }
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { delete (Graph *)e; return cudaSuccess; }
 cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete (Graph *)g; return cudaSuccess; }
 }

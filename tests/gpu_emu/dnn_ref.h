@@ -1,0 +1,28 @@
+/* cuDNN's convolutions and cuBLAS's sgemm as the GPU plan uses them, restated
+ * as plain loops (double accumulation) for the two GPU emulations: the C
+ * stand-in of the CUDA libraries (emu.c) and the SIMT emulator's
+ * (tests/gpu_simt/libs_emu.cpp). Maps NHWC, weights KRSC, with groups. */
+#ifndef MFRES_DNN_REF_H
+#define MFRES_DNN_REF_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dnn_ref_conv {
+    int N, C, H, W, K, R, stride, pad, groups, OH, OW;
+} dnn_ref_conv;
+
+void dnn_ref_conv_forward(const dnn_ref_conv *c, float *y, const float *x, const float *w);
+void dnn_ref_conv_backward_data(const dnn_ref_conv *c, float *dx, const float *dy, const float *w);
+void dnn_ref_conv_backward_weights(const dnn_ref_conv *c, float *dw, const float *x, const float *dy);
+/* Column-major C (m x n) = alpha op(A) op(B) + beta C, op transposes when t*
+ * is nonzero; 0, or -1 for leading dimensions too small. */
+int dnn_ref_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda, const float *B, int ldb,
+                  float beta, float *C, int ldc);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
