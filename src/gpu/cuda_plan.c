@@ -581,25 +581,43 @@ static int run_update(gpu_plan *g, const mfres_model *m) {
     return MFRES_OK;
 }
 
+/* Captures `pass` into *exec; MFRES_OK or the first error. */
+static int capture(gpu_plan *g, const mfres_model *m, cudaGraphExec_t *exec,
+                   int (*pass)(gpu_plan *, const mfres_model *)) {
+    cudaGraph_t graph;
+    CUDA_TRY(cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeRelaxed));
+    int rc = pass(g, m);
+    cudaError_t e = cudaStreamEndCapture(g->stream, &graph);
+    if (rc) {
+        if (e == cudaSuccess) cudaGraphDestroy(graph);
+        return rc;
+    }
+    if (e != cudaSuccess) return cuda_fail(e, "cudaStreamEndCapture", __FILE__, __LINE__);
+    e = cudaGraphInstantiate(exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaGraphInstantiate", __FILE__, __LINE__);
+    return MFRES_OK;
+}
+
 /* Runs `pass` on the stream directly, or as a CUDA graph captured for the
- * current block order (*exec, re-captured when `stale`). */
+ * current block order (*exec, re-captured when `stale`). Where a capture
+ * fails (a driver or library that cannot capture some call), the plan says
+ * so once and runs without graphs from then on: slower, the same bits. */
 static int launch(gpu_plan *g, const mfres_model *m, cudaGraphExec_t *exec, bool stale,
                   int (*pass)(gpu_plan *, const mfres_model *)) {
     if (!g->use_graphs) return pass(g, m);
     if (stale || !*exec) {
-        cudaGraph_t graph;
         if (*exec) cudaGraphExecDestroy(*exec), *exec = NULL;
-        CUDA_TRY(cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeRelaxed));
-        int rc = pass(g, m);
-        cudaError_t e = cudaStreamEndCapture(g->stream, &graph);
+        int rc = capture(g, m, exec, pass);
         if (rc) {
-            if (e == cudaSuccess) cudaGraphDestroy(graph);
-            return rc;
+            mfres_log("warning: CUDA graph capture failed (%s); running without graphs (MFRES_CUDA_GRAPHS=0)",
+                      mfres_last_error());
+            (void)cudaGetLastError(); /* the capture's error is not the pass's */
+            mfres_clear_error();
+            g->use_graphs = false;
+            if (*exec) cudaGraphExecDestroy(*exec), *exec = NULL;
+            return pass(g, m);
         }
-        if (e != cudaSuccess) return cuda_fail(e, "cudaStreamEndCapture", __FILE__, __LINE__);
-        e = cudaGraphInstantiate(exec, graph, 0);
-        cudaGraphDestroy(graph);
-        if (e != cudaSuccess) return cuda_fail(e, "cudaGraphInstantiate", __FILE__, __LINE__);
     }
     CUDA_TRY(cudaGraphLaunch(*exec, g->stream));
     return MFRES_OK;
