@@ -85,7 +85,7 @@ $(BUILD)/libmfres.a: $(LIB_OBJ)
 $(BUILD)/mfres: $(CLI_OBJ) $(BUILD)/libmfres.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c $(BUILD)/libmfres.a tests/testutil.h
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libmfres.a tests/testutil.h tests/model_fixture.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(TEST_CFLAGS) -Itests -o $@ $< $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
 
@@ -93,9 +93,10 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libmfres.a tests/testutil.h
 # (the CUDA runtime, cuDNN, cuBLAS and kernels.h restated in plain C), with
 # test_gpu_model's cases. Built the same way with or without CUDA.
 EMU_SRC := src/gpu/cuda_plan.c src/gpu/cuda_block_postact.c src/gpu/cuda_block_preact.c tests/gpu_emu/emu.c tests/gpu_emu/dnn_ref.c \
+  tests/gpu_emu/device_emu.c \
   tests/gpu_emu/kernels_host.c
 $(BUILD)/tests/test_gpu_emulated: tests/test_gpu_model.c $(EMU_SRC) $(wildcard tests/gpu_emu/*.h src/gpu/*.h) \
-  $(BUILD)/libmfres.a tests/testutil.h
+  $(BUILD)/libmfres.a tests/testutil.h tests/model_fixture.h
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -DMFRES_GPU_EMULATED -Itests/gpu_emu -Itests -o $@ tests/test_gpu_model.c \
 	  $(EMU_SRC) $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
@@ -115,7 +116,7 @@ $(SIMT)/emu_rt.o: tests/gpu_simt/emu_rt.cpp tests/gpu_simt/emu_core.h
 	@mkdir -p $(SIMT)
 	$(CXX) $(SIMT_CXXFLAGS) -c $< -o $@
 $(BUILD)/tests/test_gpu_kernels_emulated: tests/test_gpu_kernels.c $(SIMT)/kernels_emu.o $(SIMT)/emu_rt.o \
-  $(BUILD)/libmfres.a tests/testutil.h
+  $(BUILD)/libmfres.a tests/testutil.h tests/model_fixture.h
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(TEST_CFLAGS) -DMFRES_GPU_EMULATED -Itests -o $@ $< $(SIMT)/kernels_emu.o \
 	  $(SIMT)/emu_rt.o $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
@@ -123,9 +124,9 @@ $(BUILD)/tests/test_gpu_kernels_emulated: tests/test_gpu_kernels.c $(SIMT)/kerne
 # The plan, kernels.cu and CUDA graphs together on the SIMT emulator: test_gpu_model's
 # cases with cuDNN and cuBLAS as tests/gpu_simt/libs_emu.c's enqueued loops.
 SIMT_PLAN_SRC := src/gpu/cuda_plan.c src/gpu/cuda_block_postact.c src/gpu/cuda_block_preact.c \
-  tests/gpu_simt/libs_emu.c tests/gpu_emu/dnn_ref.c
+  tests/gpu_simt/libs_emu.c tests/gpu_emu/dnn_ref.c tests/gpu_emu/device_emu.c
 $(BUILD)/tests/test_gpu_model_simt: tests/test_gpu_model.c $(SIMT_PLAN_SRC) $(SIMT)/kernels_emu.o $(SIMT)/emu_rt.o \
-  $(wildcard src/gpu/*.h) $(BUILD)/libmfres.a tests/testutil.h
+  $(wildcard src/gpu/*.h) $(BUILD)/libmfres.a tests/testutil.h tests/model_fixture.h
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) $(CUDA_CFLAGS) -DMFRES_GPU_SIMT -Itests -o $@ $< $(SIMT_PLAN_SRC) \
 	  $(SIMT)/kernels_emu.o $(SIMT)/emu_rt.o $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)

@@ -29,58 +29,23 @@
 #include "mfres/model.h"
 #include "mfres/optim.h"
 #include "mfres/train.h"
+#include "model_fixture.h"
 #include "testutil.h"
 
-typedef struct net_kind {
-    const char *name;
-    mfres_family family;
-    mfres_block_type block;
-    int depth;
-} net_kind;
-static const net_kind POSTACT = {"postact", MFRES_FAMILY_RESNET, MFRES_BLOCK_POSTACT, 20};
-static const net_kind PREACT = {"preact", MFRES_FAMILY_RESNET, MFRES_BLOCK_PREACT, 20};
-static const net_kind BOTTLENECK = {"bottleneck", MFRES_FAMILY_RESNET, MFRES_BLOCK_BOTTLENECK, 29};
-static const net_kind RESNEXT_POST = {"resnext postact", MFRES_FAMILY_RESNEXT, MFRES_BLOCK_POSTACT, 29};
-static const net_kind RESNEXT_PRE = {"resnext preact", MFRES_FAMILY_RESNEXT, MFRES_BLOCK_PREACT, 29};
+/* The depth at which each kind is tested. */
+static int depth_of(net_kind kind) { return kind.block == MFRES_BLOCK_BOTTLENECK || kind.family == MFRES_FAMILY_RESNEXT ? 29 : 20; }
 
-typedef struct fixture {
-    mfres_model m;
-    float *images;
-    int32_t *labels;
-} fixture;
-
-static void make_fixture(fixture *f, net_kind kind, mfres_mode mode, int batch, int in_c, int hw, uint64_t seed) {
-    mfres_model_config cfg;
-    mfres_model_config_default(&cfg);
-    cfg.family = kind.family, cfg.cardinality = 2, cfg.group_width = 8;
-    cfg.depth = kind.depth, cfg.block = kind.block, cfg.mode = mode, cfg.tau_init = MFRES_TAU_GRID;
-    cfg.batch = batch, cfg.in_c = in_c, cfg.in_h = cfg.in_w = hw, cfg.num_classes = 5;
-    ck_assert_ok(mfres_model_create(&f->m, &cfg, seed));
-    size_t n = (size_t)batch * in_c * hw * hw;
-    f->images = malloc(n * sizeof(float));
-    f->labels = malloc(batch * sizeof(int32_t));
-    mfres_rng rng;
-    mfres_rng_seed(&rng, seed + 1000);
-    for (size_t i = 0; i < n; i++) f->images[i] = (float)mfres_rng_normal(&rng);
-    for (int i = 0; i < batch; i++) f->labels[i] = (int32_t)mfres_rng_below(&rng, 5);
-    for (int t = 0; t < f->m.n_tensors; t++) { /* non-trivial BN affine parameters */
-        mfres_tensor *tt = &f->m.tensors[t];
-        if (tt->ndim == 1 && !tt->is_tau && tt->grad && (strstr(tt->name, "bn") || strstr(tt->name, "downsample.1")))
-            for (size_t k = 0; k < tt->numel; k++) tt->data[k] += (float)(0.2 * mfres_rng_normal(&rng));
-    }
-    if (mode == MFRES_MODE_MEANFIELD) { /* reverse every stage's order: exercises the sorted routing */
+/* The shared fixture (model_fixture.h), grid tau, and in mean-field mode
+ * every stage's order reversed: exercises the sorted routing. */
+static void make_gpu_fixture(fixture *f, net_kind kind, mfres_mode mode, int batch, int in_c, int hw, uint64_t seed) {
+    make_fixture(f, depth_of(kind), kind, mode, MFRES_TAU_GRID, batch, in_c, hw, seed);
+    if (mode == MFRES_MODE_MEANFIELD) {
         mfres_model *m = &f->m;
         for (int s = 0; s < 3; s++)
             for (int i = 0; i < m->particles; i++)
                 m->tau[s * m->particles + i] = 1.0f - 0.8f * i / m->particles - 0.05f * s;
         mfres_model_sort_blocks(m);
     }
-}
-
-static void free_fixture(fixture *f) {
-    mfres_model_free(&f->m);
-    free(f->images);
-    free(f->labels);
 }
 
 /* Every parameter gradient against `ref` (laid out like m->grads), each
@@ -109,7 +74,7 @@ static void check_grads(const mfres_model *m, const double *ref, double rel_tol,
 
 static void check_gpu_vs_ref(net_kind kind, mfres_mode mode, int in_c, int hw) {
     fixture f;
-    make_fixture(&f, kind, mode, 8, in_c, hw, 11);
+    make_gpu_fixture(&f, kind, mode, 8, in_c, hw, 11);
     mfres_model *m = &f.m;
     double *p = malloc(m->n_params * sizeof(double)), *tau = calloc(m->n_tau + 1, sizeof(double));
     for (size_t i = 0; i < m->n_params; i++) p[i] = m->params[i];
@@ -163,7 +128,7 @@ END_TEST
  * at sizes without flips, hold the GPU to 1e-4. */
 static void check_cross_device(net_kind kind) {
     fixture f;
-    make_fixture(&f, kind, MFRES_MODE_MEANFIELD, 16, 3, 16, 5);
+    make_gpu_fixture(&f, kind, MFRES_MODE_MEANFIELD, 16, 3, 16, 5);
     mfres_model *m = &f.m;
     double cpu_loss, gpu_loss, cpu_eval, gpu_eval;
     float *saved_buffers = malloc(m->n_buffers * sizeof(float));

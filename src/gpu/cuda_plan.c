@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "gpu/cuda_plan.h"
+#include "core/arena.h"
 #include "mfres/core.h"
 #include "mfres/meanfield.h"
 
@@ -78,20 +79,12 @@ int gpu_bn_backward(gpu_plan *g, const gpu_bn *bn, float *dx, const float *dy, c
 /* ------------------------------------------------------------------------ */
 /* the activation arena: laid out in a counting pass, then carved */
 
-typedef struct arena {
-    char *base; /* NULL in the counting pass */
-    size_t used;
-} arena;
-
-static void *take(arena *a, size_t bytes) {
-    void *p = a->base ? a->base + a->used : NULL;
-    a->used += (bytes + 255) & ~(size_t)255;
-    return p;
-}
+/* Each buffer aligned to 256 bytes: the alignment cudaMalloc gives, which vectorised loads expect. */
+static void *take(mem_arena *a, size_t bytes) { return arena_take(a, bytes, 256); }
 
 static size_t map_bytes(int n, int c, int h, int w) { return (size_t)n * c * h * w * sizeof(float); }
 
-static void layout_arena(const mfres_model *m, gpu_plan *g, arena *a) {
+static void layout_arena(const mfres_model *m, gpu_plan *g, mem_arena *a) {
     const mfres_model_config *c = &m->cfg;
     const mfres_arch *ar = m->arch;
     int N = c->batch, w = ar->stem.K, n = m->blocks_per_stage;
@@ -302,11 +295,11 @@ static int plan_create(gpu_plan *g, const mfres_model *m) {
             if ((rc = build_position(g, m, b))) return rc;
         }
 
-    arena count = {0};
+    mem_arena count = {0};
     layout_arena(m, g, &count);
     g->arena_bytes = count.used;
     CUDA_TRY(cudaMalloc(&g->arena, g->arena_bytes));
-    arena carve = {.base = g->arena};
+    mem_arena carve = {.base = g->arena};
     layout_arena(m, g, &carve);
 
     g->workspace_bytes = conv_workspace(g);

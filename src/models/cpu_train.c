@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/arena.h"
 #include "mfres/core.h"
 #include "mfres/meanfield.h"
 #include "models/cpu_plan.h"
@@ -17,20 +18,12 @@
 /* ------------------------------------------------------------------------ */
 /* the activation arena: laid out in a counting pass, then carved */
 
-typedef struct arena {
-    char *base; /* NULL in the counting pass */
-    size_t used;
-} arena;
-
-static void *take(arena *a, size_t bytes) {
-    void *p = a->base ? a->base + a->used : NULL;
-    a->used += (bytes + 63) & ~(size_t)63;
-    return p;
-}
+/* Each buffer aligned to 64 bytes: cache lines. */
+static void *take(mem_arena *a, size_t bytes) { return arena_take(a, bytes, 64); }
 
 static size_t floats(int n, int c, int h, int w) { return (size_t)n * c * h * w * sizeof(float); }
 
-static void layout_arena(const mfres_model *m, cpu_plan *r, arena *a) {
+static void layout_arena(const mfres_model *m, cpu_plan *r, mem_arena *a) {
     const mfres_model_config *c = &m->cfg;
     const mfres_arch *ar = m->arch;
     int N = c->batch, w = c->base_width;
@@ -182,12 +175,12 @@ int cpu_plan_create(mfres_model *m) {
         return rc;
 
     /* Activations: one arena. */
-    arena count = {0};
+    mem_arena count = {0};
     layout_arena(m, r, &count);
     r->arena = mfres_alloc(count.used, "activations");
     if (!r->arena) return MFRES_ENOMEM;
     m->activation_bytes = count.used;
-    arena carve = {.base = r->arena};
+    mem_arena carve = {.base = r->arena};
     layout_arena(m, r, &carve);
 
     if ((rc = nn_memory_wrap(&r->x_in.mem, ctx, &md_in, NULL)) || (rc = wrap(&r->stem_t, ctx, md_stem)) ||

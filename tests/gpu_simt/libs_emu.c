@@ -13,23 +13,7 @@
 
 void emu_launch_c(cudaStream_t s, const char *name, void (*fn)(void *), const void *arg, size_t bytes);
 
-/* ---- the device ---- */
-
-bool gpu_built(void) { return true; }
-int gpu_check(mfres_precision p) {
-    if (p != MFRES_PRECISION_FP32) return mfres_fail(MFRES_EINVAL, "the emulated GPU runs fp32 only");
-    return MFRES_OK;
-}
-void gpu_describe(char *buf, size_t cap) { snprintf(buf, cap, "emulated GPU (SIMT on the CPU; tests only)"); }
-int cuda_fail(cudaError_t e, const char *call, const char *file, int line) {
-    return mfres_fail(MFRES_EBACKEND, "CUDA: %s (%s at %s:%d)", cudaGetErrorString(e), call, file, line);
-}
-int cublas_fail(cublasStatus_t s, const char *call, const char *file, int line) {
-    return mfres_fail(MFRES_EBACKEND, "cuBLAS: status %d (%s at %s:%d)", (int)s, call, file, line);
-}
-int cudnn_fail(cudnnStatus_t s, const char *call, const char *file, int line) {
-    return mfres_fail(MFRES_EBACKEND, "cuDNN: status %d (%s at %s:%d)", (int)s, call, file, line);
-}
+/* cuda_device.c's functions: tests/gpu_emu/device_emu.c. */
 
 /* ---- handles ---- */
 
