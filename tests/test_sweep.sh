@@ -84,6 +84,11 @@ sed -i -e '/"device"/d' -e '/"precision"/d' "$tmp/old/sweep.json" "$tmp"/old/res
 ! grep -q '"device"' "$tmp/old/sweep.json" "$tmp"/old/resnet20-*/config.json &&
   $MFRES sweep --root "$tmp/old" --seeds 0,1 "${grid[@]}" >"$tmp/old.out" 2>&1 && grep -q "4 finished, 0 stopped" "$tmp/old.out"
 check "a sweep root written before --device existed is still this grid's" $?
+cp -r "$tmp/A" "$tmp/new"  # report rebuilds a root's store: A's files stay as the checks below expect
+$MFRES report "$tmp/new" > "$tmp/A.report" 2>&1 && $MFRES report "$tmp/old" > "$tmp/old.report" 2>&1 &&
+  diff <(sed -n '/^Configurations/,$p' "$tmp/A.report") <(sed -n '/^Configurations/,$p' "$tmp/old.report") >/dev/null &&
+  ! grep -q '"device"\|"precision"' "$tmp/A.report"
+check "report: the same configuration for runs with and without device and precision (cpu and fp32 are what absence meant)" $?
 
 # ---- sweep: bad roots ----
 expect_exit 2 "another grid's root is refused, naming the root and the flag" "$tmp/A holds the runs of another grid.*lr is 0.1 there, 0.05 here" \

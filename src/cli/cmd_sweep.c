@@ -16,6 +16,7 @@
 #include "mfres/core.h"
 #include "mfres/store.h"
 #include "mfres/train.h"
+#include "store/config_keys.h"
 #include "store/json.h"
 
 enum { MAX_ITEMS = 64 };
@@ -132,22 +133,15 @@ static bool key_may_differ(const char *key, const mfres_train_config *cfg) {
     return false;
 }
 
-/* A key that configurations gained after `there` may have been written, and
- * what its absence meant: sweeps from before the GPU backend ran on the CPU in fp32. */
-static bool absent_means(const char *key, const json_value *v) {
-    static const char *const added[][2] = {{"device", "cpu"}, {"precision", "fp32"}};
-    for (size_t k = 0; k < sizeof added / sizeof added[0]; k++)
-        if (!strcmp(key, added[k][0])) return v->type == JSON_STRING && !strcmp(v->string, added[k][1]);
-    return false;
-}
-
 /* Names the first key where `there` (found on disk) and `here` differ. */
 static bool first_difference(const json_value *there, const json_value *here, const mfres_train_config *cfg,
                              char *msg, size_t cap) {
     for (int i = 0; i < here->n; i++) {
         if (key_may_differ(here->keys[i], cfg)) continue;
         const json_value *old = json_get(there, here->keys[i]);
-        if (old ? json_equal(old, &here->items[i]) : absent_means(here->keys[i], &here->items[i])) continue;
+        bool same = old ? json_equal(old, &here->items[i])
+                        : config_key_at_unrecorded_default(here->keys[i], &here->items[i]);
+        if (same) continue;
         char *a = NULL, *b = NULL;
         size_t la, lb;
         FILE *ma = open_memstream(&a, &la), *mb = open_memstream(&b, &lb);

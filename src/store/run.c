@@ -10,6 +10,7 @@
 #include "mfres/core.h"
 #include "mfres/safetensors.h"
 #include "mfres/store.h"
+#include "store/config_keys.h"
 #include "store/json.h"
 
 static bool file_exists(const char *dir, const char *name) {
@@ -28,6 +29,13 @@ static bool per_run_key(const char *key) {
     static const char *keys[] = {"model", "depth", "block", "mode", "seed", "threads", "tau_init", "tau_lr_mult"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (!strcmp(key, keys[i])) return true;
+    return false;
+}
+
+bool config_key_at_unrecorded_default(const char *key, const json_value *v) {
+    static const char *const added[][2] = {{"device", "cpu"}, {"precision", "fp32"}};
+    for (size_t k = 0; k < sizeof added / sizeof added[0]; k++)
+        if (!strcmp(key, added[k][0])) return v->type == JSON_STRING && !strcmp(v->string, added[k][1]);
     return false;
 }
 
@@ -66,7 +74,7 @@ static int read_config(mfres_run_record *r) {
     }
     fputc('{', mem);
     for (int i = 0, n = 0; i < cfg.n; i++) {
-        if (per_run_key(cfg.keys[i])) continue;
+        if (per_run_key(cfg.keys[i]) || config_key_at_unrecorded_default(cfg.keys[i], &cfg.items[i])) continue;
         fprintf(mem, "%s\"%s\": ", n++ ? ", " : "", cfg.keys[i]);
         json_write(&cfg.items[i], mem);
     }
