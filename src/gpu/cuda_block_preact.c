@@ -51,7 +51,7 @@ int gpu_preact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const flo
     const arch_block *s = b->shape;
     const arch_block *bp = arch_params_at(m, b->stage, b->index);
     int last = s->n_conv - 1, N = g->N, s1, s2, spare, rc;
-    gpu_scratch_others(*sg, &s1, &s2, &spare);
+    arch_scratch_others(*sg, &s1, &s2, &spare);
     float *G = g->scratch[*sg];
     long n_in = (long)N * s->c_in * s->h_in * s->w_in, rows_out = (long)N * s->h_out * s->w_out;
     /* The chain backward from G: each convolution's input-side gradient goes

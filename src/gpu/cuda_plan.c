@@ -43,13 +43,6 @@ gpu_bn gpu_bn_of(const gpu_plan *g, const mfres_model *m, const arch_bn *bn) {
                     .running_var = gpu_buffer(g, m, bn->rv->data)};
 }
 
-void gpu_scratch_others(int g, int *a, int *b, int *c) {
-    int k = 0, o[3];
-    for (int i = 0; i < GPU_SCRATCH; i++)
-        if (i != g) o[k++] = i;
-    *a = o[0], *b = o[1], *c = o[2];
-}
-
 /* ------------------------------------------------------------------------ */
 /* batch norm, on our kernels */
 
@@ -441,7 +434,7 @@ static int run_backward(gpu_plan *g, const mfres_model *m) {
     KERNEL(gk_avgpool_backward(g->scratch[s], g->dpooled, N, HW, C, g->stream));
     const gpu_pos *last = &g->pos[g->n_pos - 1];
     if (ar->final_bn) {
-        gpu_scratch_others(s, &s1, &s2, &spare);
+        arch_scratch_others(s, &s1, &s2, &spare);
         gpu_bn bn = gpu_bn_of(g, m, &ar->final_norm);
         if ((rc = gpu_bn_backward(g, &bn, g->scratch[s1], g->scratch[s], g->final_a, last->out, (long)N * HW,
                                   g->final_mean, g->final_invstd, NULL, NULL)))
@@ -455,7 +448,7 @@ static int run_backward(gpu_plan *g, const mfres_model *m) {
         if (rc) return rc;
     }
     if (ar->stem_bn) {
-        gpu_scratch_others(s, &s1, &s2, &spare);
+        arch_scratch_others(s, &s1, &s2, &spare);
         gpu_bn bn = gpu_bn_of(g, m, &ar->stem_norm);
         if ((rc = gpu_bn_backward(g, &bn, g->scratch[s1], g->scratch[s], g->stem_a, g->stem_t,
                                   (long)N * c->in_h * c->in_w, g->stem_mean, g->stem_invstd, NULL, NULL)))

@@ -80,7 +80,7 @@ void gpu_conv_describe(const gpu_conv *c, char *buf, size_t cap);
 
 /* ---- the plan ---- */
 
-enum { GPU_SCRATCH = 4 };
+enum { GPU_SCRATCH = ARCH_SCRATCH };
 
 /* One position of the network, as train_pos in cpu_plan.h: convolutions and
  * saved activations belong to positions, parameters to the block sorted there. */
@@ -176,6 +176,5 @@ int gpu_postact_forward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const flo
 int gpu_postact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const float *x, int *s);
 int gpu_preact_forward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const float *x, bool train);
 int gpu_preact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const float *x, int *s);
-void gpu_scratch_others(int g, int *a, int *b, int *c);
 
 #endif

@@ -93,4 +93,14 @@ static inline const arch_block *arch_params_at(const mfres_model *m, int stage, 
 
 double arch_conv_flops(const arch_conv *c); /* per image */
 
+/* The backward passes of every plan rotate four gradient buffers of the
+ * largest map's size: the one holding dE/d(out) and the three others. */
+enum { ARCH_SCRATCH = 4 };
+static inline void arch_scratch_others(int g, int *a, int *b, int *c) {
+    int k = 0, o[3];
+    for (int i = 0; i < ARCH_SCRATCH; i++)
+        if (i != g) o[k++] = i;
+    *a = o[0], *b = o[1], *c = o[2];
+}
+
 #endif

@@ -66,7 +66,7 @@ int block_postact_backward(mfres_model *m, train_pos *b, const act *x, int *g, d
     const arch_block *s = b->shape;
     const arch_block *bp = arch_params_at(m, b->stage, b->index);
     int st = b->stage, last = s->n_conv - 1, s1, s2, spare;
-    cpu_scratch_others(*g, &s1, &s2, &spare);
+    arch_scratch_others(*g, &s1, &s2, &spare);
     float h = arch_step_at(m, b->stage, b->index);
     size_t n_out = (size_t)m->cfg.batch * s->c_out * s->h_out * s->w_out;
     size_t n_in = (size_t)m->cfg.batch * s->c_in * s->h_in * s->w_in;

@@ -59,7 +59,7 @@ int block_preact_backward(mfres_model *m, train_pos *b, const act *x, int *g, do
     const arch_block *s = b->shape;
     const arch_block *bp = arch_params_at(m, b->stage, b->index);
     int st = b->stage, last = s->n_conv - 1, s1, s2, spare;
-    cpu_scratch_others(*g, &s1, &s2, &spare);
+    arch_scratch_others(*g, &s1, &s2, &spare);
     float h = arch_step_at(m, b->stage, b->index);
     size_t n_in = (size_t)m->cfg.batch * s->c_in * s->h_in * s->w_in;
     float *G = r->scratch[*g];

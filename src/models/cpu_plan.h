@@ -20,7 +20,7 @@
 #include "models/profile.h"
 #include "nn/nn.h"
 
-enum { N_SCRATCH = 4, MAX_SHAPES = 32, INFER_BUFFERS = 4 };
+enum { N_SCRATCH = ARCH_SCRATCH, MAX_SHAPES = 32, INFER_BUFFERS = 4 };
 
 typedef struct act {
     float *data;
@@ -81,8 +81,6 @@ int cpu_train_backward(mfres_model *m);
 /* Softmax cross-entropy of the logits against labels; the tail of both passes. */
 int cpu_finish_loss(mfres_model *m, const float *logits, const int32_t *labels, double *loss, int *correct);
 
-/* The three scratch buffers that are not `g`. */
-void cpu_scratch_others(int g, int *a, int *b, int *c);
 double cpu_conv_layer_flops(const nn_conv2d *c);
 
 /* Block forms: forward on x (saving what backward needs), and backward, which

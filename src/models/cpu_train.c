@@ -329,13 +329,6 @@ int cpu_train_forward(mfres_model *m, const float *images, const int32_t *labels
 /* ------------------------------------------------------------------------ */
 /* backward */
 
-void cpu_scratch_others(int g, int *a, int *b, int *c) {
-    int k = 0, o[3];
-    for (int i = 0; i < N_SCRATCH; i++)
-        if (i != g) o[k++] = i;
-    *a = o[0], *b = o[1], *c = o[2];
-}
-
 int cpu_train_backward(mfres_model *m) {
     cpu_plan *r = m->impl;
     profiler *prof = &r->prof;
@@ -354,7 +347,7 @@ int cpu_train_backward(mfres_model *m) {
     profile_stop(prof, "pool+fc+loss bwd", -1, NULL, t0, 0);
     const train_pos *last = &r->pos[r->n_pos - 1];
     if (ar->final_bn) {
-        cpu_scratch_others(g, &s1, &s2, &spare);
+        arch_scratch_others(g, &s1, &s2, &spare);
         int fs = last->shape_out;
         STEP("batch norm+relu bwd (final)", -1, 0,
              nn_batchnorm_backward(&r->final_bn, ctx, r->scratch_mem[s1][fs], r->scratch_mem[g][fs], last->out.mem));
@@ -369,7 +362,7 @@ int cpu_train_backward(mfres_model *m) {
     }
     int s0 = r->pos[0].shape_in;
     if (ar->stem_bn) {
-        cpu_scratch_others(g, &s1, &s2, &spare);
+        arch_scratch_others(g, &s1, &s2, &spare);
         STEP("batch norm+relu bwd (stem)", -1, 0,
              nn_batchnorm_backward(&r->stem_bn, ctx, r->scratch_mem[s1][s0], r->scratch_mem[g][s0], r->stem_t.mem));
         g = s1;
