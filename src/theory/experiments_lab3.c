@@ -9,20 +9,7 @@
 
 #include "mfres/theory_lab3.h"
 #include "theory/experiments_particle.h"
-
-/* Least-squares slope of log y against log x over the points with y > 0 (NAN if fewer than 2). */
-static double loglog_slope(const double *x, const double *y, int n) {
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
-    int m = 0;
-    for (int i = 0; i < n; i++) {
-        if (!(y[i] > 0) || !(x[i] > 0)) continue;
-        double a = log(x[i]), b = log(y[i]);
-        sx += a, sy += b, sxx += a * a, sxy += a * b, m++;
-    }
-    if (m < 2) return NAN;
-    double den = m * sxx - sx * sx;
-    return den != 0 ? (m * sxy - sx * sy) / den : NAN;
-}
+#include "theory/fit.h"
 
 /* ---------------- 1. birth-death ---------------- */
 
@@ -312,8 +299,8 @@ int mfres_pexp_expansion(const mfres_pexp_config *c) {
         double r1[EX_SCALES], r2[EX_SCALES];
         for (int si = 0; si < EX_SCALES; si++)
             r1[si] = res[((size_t)si * nL + a) * NQ + 6], r2[si] = res[((size_t)si * nL + a) * NQ + 7];
-        double p1 = loglog_slope(ex_scales, r1, EX_SCALES), p2 = loglog_slope(ex_scales, r2, EX_SCALES);
-        double s1 = loglog_slope(ex_scales, r1, 3), s2 = loglog_slope(ex_scales, r2, 3);
+        double p1 = theory_loglog_slope(ex_scales, r1, EX_SCALES), p2 = theory_loglog_slope(ex_scales, r2, EX_SCALES);
+        double s1 = theory_loglog_slope(ex_scales, r1, 3), s2 = theory_loglog_slope(ex_scales, r2, 3);
         if (c->Ls[a] == 1) {
             printf("%5ld %10s %10s %12s %12s  (no remainder at L = 1)\n", c->Ls[a], "-", "-", "-", "-");
             fprintf(co.af.fp, "1,,,,\n");
@@ -453,7 +440,7 @@ int mfres_pexp_particle_limit(const mfres_pexp_config *c) {
     for (int a = 0; a < nN; a++) xs[a] = (double)c->Ns[a];
     for (size_t q = 0; q <= Q; q++) {
         for (int a = 0; a < nN; a++) ys[a] = dist[(size_t)a * (Q + 1) + q];
-        slope[q] = q == Q ? loglog_slope(xs, ys, R) : loglog_slope(xs, ys, nf);
+        slope[q] = q == Q ? theory_loglog_slope(xs, ys, R) : theory_loglog_slope(xs, ys, nf);
     }
     printf("# particle-limit (P1 section 3.3): L = %d, N = L*M particles, training time %g (%ld steps of lr %g), %d seeds "
            "per N;\n# reference: the seed mean of N = %ld. dist_X = RMS over seeds of sup_t |X_N(t) - X_ref(t)|; "

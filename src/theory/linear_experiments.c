@@ -16,6 +16,7 @@
 
 #include "mfres/io.h"
 #include "mfres/theory_linear.h"
+#include "theory/fit.h"
 
 /* Below this fraction of the initial excess, per-step ratios measure rounding,
  * not the dynamics (the excess is ½‖f(X) − Θ*X‖², exact down to ~1e-30). */
@@ -650,19 +651,6 @@ static int smallest_width(const width_probe *p, int lo, int hi, int want_cond, i
     return MFRES_OK;
 }
 
-/* Least-squares slope of log y on log x over the points with y > 0. */
-static double loglog_slope(const double *x, const double *y, int n) {
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
-    int c = 0;
-    for (int i = 0; i < n; i++)
-        if (y[i] > 0 && x[i] > 0) {
-            double a = log(x[i]), b = log(y[i]);
-            sx += a, sy += b, sxx += a * a, sxy += a * b, c++;
-        }
-    if (c < 2 || sxx * c - sx * sx <= 0) return NAN;
-    return (c * sxy - sx * sy) / (c * sxx - sx * sx);
-}
-
 int mfres_lin_exp_width(const mfres_lin_exp_cfg *cfg) {
     if (cfg->x_path) return mfres_fail(MFRES_EINVAL, "the width experiment sweeps κ of synthetic data; drop --x/--y");
     int nk = cfg->n_kappas, rc = MFRES_OK;
@@ -694,7 +682,7 @@ int mfres_lin_exp_width(const mfres_lin_exp_cfg *cfg) {
         mfres_lin_data_free(&data);
     }
     if (rc) return rc;
-    double se = loglog_slope(kap, m_emp, nk), sc = loglog_slope(kap, m_cond, nk);
+    double se = theory_loglog_slope(kap, m_emp, nk), sc = theory_loglog_slope(kap, m_cond, nk);
     /* The fit over all κ is pulled down at small κ, where ‖X‖_F/‖X‖ and the
      * (1 − √(d/m)) factors still move; the last two points show the trend. */
     int last = -1, prev = -1;
