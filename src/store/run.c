@@ -32,11 +32,16 @@ static bool per_run_key(const char *key) {
     return false;
 }
 
-bool config_key_at_unrecorded_default(const char *key, const json_value *v) {
+const char *config_key_unrecorded_default(const char *key) {
     static const char *const added[][2] = {{"device", "cpu"}, {"precision", "fp32"}};
     for (size_t k = 0; k < sizeof added / sizeof added[0]; k++)
-        if (!strcmp(key, added[k][0])) return v->type == JSON_STRING && !strcmp(v->string, added[k][1]);
-    return false;
+        if (!strcmp(key, added[k][0])) return added[k][1];
+    return NULL;
+}
+
+bool config_key_at_unrecorded_default(const char *key, const json_value *v) {
+    const char *d = config_key_unrecorded_default(key);
+    return d && v->type == JSON_STRING && !strcmp(v->string, d);
 }
 
 static int read_config(mfres_run_record *r) {

@@ -28,6 +28,7 @@
 #include "mfres/progress.h"
 #include "mfres/safetensors.h"
 #include "gpu/gpu.h"
+#include "store/config_keys.h"
 #include "train/parallel.h"
 #include "train/run_dir.h"
 
@@ -274,9 +275,7 @@ static int compare_settings(const mfres_safetensors *st, const char *path, const
         char key[64];
         snprintf(key, sizeof key, "setting.%s", settings[i].key);
         const char *was = mfres_safetensors_meta(st, key);
-        /* States from before the GPU backend were written on the CPU in fp32. */
-        if (!was && !strcmp(settings[i].key, "device")) was = "cpu";
-        if (!was && !strcmp(settings[i].key, "precision")) was = "fp32";
+        if (!was) was = config_key_unrecorded_default(settings[i].key); /* a state from before the key */
         if (!was) {
             rc = mfres_fail(MFRES_EFORMAT, "%s: metadata '%s' is missing", path, key);
             break;
