@@ -42,7 +42,7 @@ CLI_SRC := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
-TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_gpu_emulated \
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_gpu_emulated $(BUILD)/tests/test_gpu_bf16_wide \
   $(if $(CUDA_OK),$(BUILD)/tests/test_gpu_kernels_emulated $(BUILD)/tests/test_gpu_model_simt)
 TOOL_SRC := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
@@ -100,6 +100,14 @@ $(BUILD)/tests/test_gpu_emulated: tests/test_gpu_model.c $(EMU_SRC) $(wildcard t
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -DMFRES_GPU_EMULATED -Itests/gpu_emu -Itests -o $@ tests/test_gpu_model.c \
 	  $(EMU_SRC) $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
+
+# The same with bfloat16 stored as float (kernels.h's MFRES_GPU_BF16_WIDE): the bf16
+# plan's logic held to fp32's tolerances.
+$(BUILD)/tests/test_gpu_bf16_wide: tests/test_gpu_model.c $(EMU_SRC) $(wildcard tests/gpu_emu/*.h src/gpu/*.h) \
+  $(BUILD)/libmfres.a tests/testutil.h tests/model_fixture.h
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -MMD -MP,$(CFLAGS)) -DMFRES_GPU_EMULATED -DMFRES_GPU_BF16_WIDE -Itests/gpu_emu -Itests -o $@ \
+	  tests/test_gpu_model.c $(EMU_SRC) $(BUILD)/libmfres.a $(CHECK_LIBS) $(LDLIBS)
 
 # The kernels themselves on the CPU (builds with the CUDA headers): tests/gpu_simt
 # runs kernels.cu's CUDA C++ thread by thread, with block barriers, warp shuffles

@@ -120,7 +120,17 @@ else
   acc_gpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval2.txt")
   awk -v a="${acc_cpu:-x}" -v b="${acc_gpu:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 0.02 && b - a < 0.02) }'
   check "eval --device cuda of a CPU-trained model: training's accuracy ($acc_cpu on the CPU, ${acc_gpu:-none} on the GPU)" $?
-  for p in fp32 tf32; do  # bf16's speed and numbers are bench/gpu's and test_gpu_model's
+  $MFRES train "${tiny[@]}" --train-limit 1024 --test-limit 512 --device cuda --precision bf16 --out "$tmp/bf16" > "$tmp/bf16.txt" 2>&1
+  rc=$?
+  [ "$rc" -eq 0 ] && grep -q '"precision": "bf16"' "$tmp/bf16/config.json"
+  r=$?; check "train --device cuda --precision bf16 runs (exit $rc: $(tail -1 "$tmp/bf16.txt" | head -c 200))" $r
+  acc_gpu=$(tail -1 "$tmp/bf16/metrics.jsonl" 2>/dev/null | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
+  $MFRES eval --model-file "$tmp/bf16/model.safetensors" --batch 64 --limit 512 --threads 2 > "$tmp/eval3.txt" 2>&1
+  acc_cpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval3.txt")
+  # bfloat16 activations in training, float32 on the CPU: a few more argmaxes may move.
+  awk -v a="${acc_gpu:-x}" -v b="${acc_cpu:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 0.03 && b - a < 0.03) }'
+  check "eval on the CPU of the bf16-trained model: training's accuracy ($acc_gpu in bf16, ${acc_cpu:-none} on the CPU)" $?
+  for p in fp32 tf32 bf16; do  # their speed is bench/gpu's, their numbers test_gpu_model's
     $MFRES bench --device cuda --precision $p --model resnet8 --batch 64 --iters 2 --warmup 2 > "$tmp/bench.txt" 2>&1
     rc=$?
     [ "$rc" -eq 0 ] && tail -1 "$tmp/bench.txt" | grep -q "device=cuda precision=$p "

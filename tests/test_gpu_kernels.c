@@ -9,6 +9,16 @@
  * large enough for many row chunks, and wide ones where the chunk count is
  * capped. Every reduction runs twice and must give the same bits.
  *
+ * Each kernel on activations runs on float32 maps and on bfloat16 ones
+ * (--precision bf16; the *_bf16 tests). There the inputs are rounded to
+ * bfloat16 on the host and the double reference is computed from the rounded
+ * values; an output map may differ from the reference by one rounding to
+ * bfloat16 (2^-8 of its magnitude) on top of float32's tolerance, and a kernel
+ * that only moves elements (layout, shortcut A forward, the batch gather,
+ * gk_convert) must give exactly gk_bf16_from_float of the float result. The
+ * host's gk_bf16_from_float itself is checked against bit patterns worked
+ * out by hand (ties to even, overflow to infinity, NaN kept a NaN).
+ *
  * The host-side helpers (layout conversion, the restatement of the loader's
  * prepare_image) are checked on the CPU first, on every machine. The GPU part
  * needs a CUDA build and a GPU; without one the program says SKIP and exits 77.
@@ -325,6 +335,98 @@ START_TEST(test_host_tau_grad) {
 }
 END_TEST
 
+#ifdef MFRES_HAVE_CUDA
+/* float32 bit patterns and their bfloat16 under round to nearest, ties to
+ * even (__float2bfloat16_rn), worked out by hand: the upper 16 bits, plus one
+ * when the lower 16 are above 0x8000, or exactly 0x8000 and the upper half is
+ * odd. nan: the result is any NaN (the host helper keeps the payload, the
+ * device gives 0x7fff); a naive rounding would make 0x7f800001 infinity and
+ * 0x7fffffff, 0xffffffff zeros. */
+static const struct bf16_case {
+    uint32_t f;
+    uint16_t b;
+    bool nan;
+} bf16_cases[] = {
+    {0x3f800000u, 0x3f80u, false}, /* 1: exact */
+    {0x3f808000u, 0x3f80u, false}, /* 1 + 2^-8: a tie, 0x3f80 even: down */
+    {0x3f818000u, 0x3f82u, false}, /* a tie, 0x3f81 odd: up */
+    {0x3f808001u, 0x3f81u, false}, /* just above the tie: up */
+    {0x3f807fffu, 0x3f80u, false}, /* just below: down */
+    {0xbf818000u, 0xbf82u, false}, /* negative tie, odd: away from 0 */
+    {0xbf808000u, 0xbf80u, false}, /* negative tie, even: toward 0 */
+    {0x3fff8000u, 0x4000u, false}, /* tie, 0x3fff odd: up, carries into the exponent (2) */
+    {0x7f7f7fffu, 0x7f7fu, false}, /* just below the top midpoint: the largest finite bfloat16 */
+    {0x7f7f8000u, 0x7f80u, false}, /* the midpoint between 0x7f7f (odd) and 2^128: infinity */
+    {0x7f7fffffu, 0x7f80u, false}, /* FLT_MAX overflows to +infinity */
+    {0xff7fffffu, 0xff80u, false}, /* -FLT_MAX to -infinity */
+    {0x7f800000u, 0x7f80u, false}, /* +infinity */
+    {0xff800000u, 0xff80u, false}, /* -infinity */
+    {0x00000000u, 0x0000u, false}, /* +0 */
+    {0x80000000u, 0x8000u, false}, /* -0 */
+    {0x00000001u, 0x0000u, false}, /* the least subnormal: +0 */
+    {0x80000001u, 0x8000u, false}, /* its negative: -0 */
+    {0x00008000u, 0x0000u, false}, /* subnormal tie between 0 and 0x0001: 0, even */
+    {0x00018000u, 0x0002u, false}, /* subnormal tie, 0x0001 odd: up */
+    {0x00008001u, 0x0001u, false}, /* above the tie: the least bfloat16 subnormal */
+    {0x80018000u, 0x8002u, false}, /* negative subnormal tie: away from 0 */
+    {0x007fffffu, 0x0080u, false}, /* the largest subnormal rounds up to 2^-126, normal */
+    {0x7fc00000u, 0x7fc0u, true},  /* quiet NaN */
+    {0x7f800001u, 0x7fc0u, true},  /* signalling NaN with only the low bit: truncation would give infinity */
+    {0x7fffffffu, 0x7fffu, true},  /* rounding up would wrap to -0 */
+    {0xffffffffu, 0xffffu, true},  /* rounding up would wrap past 32 bits to +0 */
+};
+enum { N_BF16_CASES = sizeof bf16_cases / sizeof bf16_cases[0] };
+
+static float f32_of_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static uint32_t bits_of_f32(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+static bool bf16_is_nan(uint16_t b) { return (b & 0x7f80u) == 0x7f80u && (b & 0x007fu) != 0; }
+
+/* kernels.h's host bfloat16 (the test's reference for the device) against the
+ * hand-worked table, and back. */
+START_TEST(test_host_bf16) {
+    for (int k = 0; k < N_BF16_CASES; k++) {
+        const struct bf16_case *c = &bf16_cases[k];
+        uint16_t got = gk_bf16_from_float(f32_of_bits(c->f));
+        if (c->nan)
+            EXPECT(bf16_is_nan(got) && (got & 0x0040u), "gk_bf16_from_float(0x%08x) = 0x%04x, want a quiet NaN",
+                   (unsigned)c->f, (unsigned)got);
+        else
+            EXPECT(got == c->b, "gk_bf16_from_float(0x%08x) = 0x%04x, want 0x%04x", (unsigned)c->f, (unsigned)got,
+                   (unsigned)c->b);
+    }
+    /* bfloat16 to float: the bits shifted up, exact */
+    static const struct {
+        uint16_t b;
+        uint32_t f;
+    } back[] = {{0x3f80u, 0x3f800000u}, {0xc040u, 0xc0400000u}, {0x7f80u, 0x7f800000u},
+                {0x0001u, 0x00010000u}, {0x8000u, 0x80000000u}, {0x7fc1u, 0x7fc10000u}};
+    for (size_t k = 0; k < sizeof back / sizeof back[0]; k++)
+        EXPECT(bits_of_f32(gk_float_from_bf16(back[k].b)) == back[k].f, "gk_float_from_bf16(0x%04x) = 0x%08x",
+               (unsigned)back[k].b, (unsigned)bits_of_f32(gk_float_from_bf16(back[k].b)));
+    ck_assert(gk_float_from_bf16(0xc040u) == -3.0f);
+    /* gk_store rounds, gk_load reads back; float32 arrays are plain */
+    uint16_t hb[2];
+    float hf[2];
+    gk_store(GK_BF16, hb, 1, f32_of_bits(0x3f818000u));
+    ck_assert_uint_eq(hb[1], 0x3f82u);
+    ck_assert(gk_load(GK_BF16, hb, 1) == f32_of_bits(0x3f820000u));
+    gk_store(GK_F32, hf, 1, f32_of_bits(0x3f818000u));
+    ck_assert_uint_eq(bits_of_f32(hf[1]), 0x3f818000u);
+    ck_assert(gk_load(GK_F32, hf, 1) == f32_of_bits(0x3f818000u));
+    ck_assert_uint_eq(gk_dtype_size(GK_F32), 4);
+    ck_assert_uint_eq(gk_dtype_size(GK_BF16), 2);
+}
+END_TEST
+#endif
+
 static Suite *host_suite(void) {
     Suite *s = suite_create("gpu_kernels_host");
     TCase *tc = tcase_create("helpers");
@@ -332,6 +434,9 @@ static Suite *host_suite(void) {
     tcase_add_test(tc, test_host_gather_by_hand);
     tcase_add_test(tc, test_host_gather_matches_loader);
     tcase_add_test(tc, test_host_tau_grad);
+#ifdef MFRES_HAVE_CUDA
+    tcase_add_test(tc, test_host_bf16);
+#endif
     suite_add_tcase(s, tc);
     return s;
 }
@@ -384,6 +489,84 @@ static float *get_f(const float *d, size_t n) {
 }
 static void dev_free(void *p) { CUDA_CHECK(cudaFree(p)); }
 
+/* ---- element types ------------------------------------------------------------------- */
+
+static const char *dtype_name(gk_dtype t) { return t == GK_BF16 ? "bf16" : "fp32"; }
+
+/* x rounded to the element type t (float32, or bfloat16 by way of float32),
+ * as an array of t, and x itself set to the rounded values, so that a
+ * reference in double sees exactly the GPU's input. For GK_F32: round_f. */
+static void *round_t(gk_dtype t, double *x, size_t n) {
+    void *h = xmalloc(n * gk_dtype_size(t));
+    for (size_t i = 0; i < n; i++) {
+        gk_store(t, h, i, (float)x[i]);
+        x[i] = gk_load(t, h, i);
+    }
+    return h;
+}
+/* n elements of type t from the device, as floats (exact: bfloat16 widens). */
+static float *get_t(gk_dtype t, const void *d, size_t n) {
+    void *raw = xmalloc(n * gk_dtype_size(t));
+    dev_get(raw, d, n * gk_dtype_size(t));
+    float *h = xmalloc(n * sizeof *h);
+    for (size_t i = 0; i < n; i++) h[i] = gk_load(t, raw, i);
+    free(raw);
+    return h;
+}
+
+/* expect_close for a map of type t: float32 as it is; bfloat16 may be off by
+ * one more rounding to nearest, at most 2^-8 of the value, on top of float32's
+ * error e = tol * max(|want_i|, rms(want)): |got - want| <= 2^-8 (|want| + e) + e. */
+static void expect_close_t(gk_dtype t, const char *what, const float *got, const double *want, size_t n, double tol) {
+    if (t == GK_F32) {
+        expect_close(what, got, want, n, tol);
+        return;
+    }
+    double ss = 0.0;
+    for (size_t i = 0; i < n; i++) ss += want[i] * want[i];
+    const double rms = n ? sqrt(ss / (double)n) : 0.0, u = 1.0 / 256.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = tol * (fabs(want[i]) > rms ? fabs(want[i]) : rms);
+        double err = fabs((double)got[i] - want[i]), bound = u * (fabs(want[i]) + e) + e;
+        EXPECT(err <= bound, "%s (bf16): element %zu of %zu: got %.9g, want %.9g (error %.3g > %.3g)", what, i, n,
+               (double)got[i], want[i], err, bound);
+    }
+}
+
+/* A map of type t that only moves elements: bit for bit gk_store's rounding of
+ * the float32 result (for GK_F32, the floats themselves). */
+static void expect_exact_t(gk_dtype t, const char *what, const void *got_raw, const float *want, size_t n) {
+    const size_t es = gk_dtype_size(t);
+    union {
+        float f;
+        uint16_t b;
+    } w;
+    for (size_t i = 0; i < n; i++) {
+        gk_store(t, &w, 0, want[i]);
+        EXPECT(!memcmp((const unsigned char *)got_raw + i * es, &w, es),
+               "%s (%s): element %zu of %zu differs: got %.9g, want %.9g rounded", what, dtype_name(t), i, n,
+               (double)gk_load(t, got_raw, i), (double)want[i]);
+    }
+}
+static void *get_raw(const void *d, size_t bytes) {
+    void *h = xmalloc(bytes);
+    dev_get(h, d, bytes);
+    return h;
+}
+/* Each float rounded to type t and widened back (for GK_F32, a copy). */
+static float *round_trip(gk_dtype t, const float *f, size_t n) {
+    float *r = xmalloc(n * sizeof *r);
+    union {
+        float f;
+        uint16_t b;
+    } w;
+    for (size_t i = 0; i < n; i++) {
+        gk_store(t, &w, 0, f[i]);
+        r[i] = gk_load(t, &w, 0);
+    }
+    return r;
+}
+
 static double *nhwc_of_nchw(const double *nchw, int N, int C, int H, int W) {
     double *d = xmalloc(sizeof *d * (size_t)N * C * H * W);
     nchw_to_nhwc_d(d, nchw, N, C, H, W);
@@ -419,24 +602,99 @@ static const float EPS = 1e-5f;
 
 /* ---- layout ---------------------------------------------------------------------------- */
 
-START_TEST(test_layout) {
+/* float32 NCHW in, NHWC of type t: for bfloat16 the rounding itself is under
+ * test (the input is float32, not rounded first), against gk_bf16_from_float. */
+static void check_layout(gk_dtype t) {
     static const int shapes[][4] = {{2, 3, 5, 7}, {4, 16, 8, 8}, {1, 264, 3, 3}, {3, 1, 1, 1}, {5, 3, 32, 32}};
+    const size_t es = gk_dtype_size(t);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int N = shapes[s][0], C = shapes[s][1], H = shapes[s][2], W = shapes[s][3];
         const size_t n = (size_t)N * C * H * W;
         double *a = randn(n, 1 + s, 0.0, 1.0);
         float *af = round_f(a, n), *want = xmalloc(n * sizeof *want);
-        float *d_a = dev_dup(af, n * sizeof *af), *d_b = dev_alloc(n * sizeof *af), *d_c = dev_alloc(n * sizeof *af);
-        GK(gk_nchw_to_nhwc(d_b, d_a, N, C, H, W, 0));
-        float *got = get_f(d_b, n);
+        float *d_a = dev_dup(af, n * sizeof *af), *d_c = dev_alloc(n * sizeof *af);
+        void *d_b = dev_alloc(n * es);
+        GK(gk_nchw_to_nhwc(t, d_b, d_a, N, C, H, W, 0));
+        void *got = get_raw(d_b, n * es);
         nchw_to_nhwc_f(want, af, N, C, H, W);
-        expect_same_f("gk_nchw_to_nhwc", got, want, n);
-        GK(gk_nhwc_to_nchw(d_c, d_b, N, C, H, W, 0));
-        float *back = get_f(d_c, n);
-        expect_same_f("gk_nhwc_to_nchw", back, af, n);
+        expect_exact_t(t, "gk_nchw_to_nhwc", got, want, n);
+        GK(gk_nhwc_to_nchw(t, d_c, d_b, N, C, H, W, 0));
+        float *back = get_f(d_c, n), *back_want = round_trip(t, af, n);
+        expect_same_f(t == GK_F32 ? "gk_nhwc_to_nchw" : "gk_nhwc_to_nchw (bf16)", back, back_want, n);
         dev_free(d_a), dev_free(d_b), dev_free(d_c);
-        free(a), free(af), free(want), free(got), free(back);
+        free(a), free(af), free(want), free(got), free(back), free(back_want);
     }
+}
+
+START_TEST(test_layout) { check_layout(GK_F32); }
+END_TEST
+
+START_TEST(test_layout_bf16) { check_layout(GK_BF16); }
+END_TEST
+
+/* gk_convert: the hand-worked table on the device (its own rounding, not the
+ * host helper's), then random values of every magnitude, n past one grid. */
+START_TEST(test_convert) {
+    /* the table: float32 -> bfloat16 -> float32, and copies that keep NaN payloads */
+    const size_t m = N_BF16_CASES;
+    float *f = xmalloc(m * sizeof *f);
+    uint16_t *b = xmalloc(m * sizeof *b);
+    for (size_t k = 0; k < m; k++) f[k] = f32_of_bits(bf16_cases[k].f), b[k] = bf16_cases[k].b;
+    float *d_f = dev_dup(f, m * 4), *d_f2 = dev_alloc(m * 4);
+    uint16_t *d_b = dev_alloc(m * 2), *d_b2 = dev_alloc(m * 2);
+    GK(gk_convert(GK_BF16, d_b, GK_F32, d_f, (long)m, 0));
+    uint16_t *gb = get_raw(d_b, m * 2);
+    for (size_t k = 0; k < m; k++) {
+        if (bf16_cases[k].nan)
+            EXPECT(bf16_is_nan(gb[k]), "gk_convert f32 -> bf16 of 0x%08x: 0x%04x, want a NaN",
+                   (unsigned)bf16_cases[k].f, (unsigned)gb[k]);
+        else
+            EXPECT(gb[k] == b[k], "gk_convert f32 -> bf16 of 0x%08x: 0x%04x, want 0x%04x", (unsigned)bf16_cases[k].f,
+                   (unsigned)gb[k], (unsigned)b[k]);
+    }
+    dev_put(d_b, b, m * 2);
+    GK(gk_convert(GK_F32, d_f2, GK_BF16, d_b, (long)m, 0));
+    float *gf = get_f(d_f2, m);
+    for (size_t k = 0; k < m; k++)
+        EXPECT(bits_of_f32(gf[k]) == (uint32_t)b[k] << 16, "gk_convert bf16 -> f32 of 0x%04x: 0x%08x",
+               (unsigned)b[k], (unsigned)bits_of_f32(gf[k]));
+    GK(gk_convert(GK_BF16, d_b2, GK_BF16, d_b, (long)m, 0));
+    uint16_t *gb2 = get_raw(d_b2, m * 2);
+    expect_same_bytes("gk_convert bf16 -> bf16 (NaN payloads included)", gb2, b, m, 2);
+    GK(gk_convert(GK_F32, d_f2, GK_F32, d_f, (long)m, 0));
+    float *gf2 = get_f(d_f2, m);
+    expect_same_bytes("gk_convert f32 -> f32 (NaN payloads included)", gf2, f, m, 4);
+    dev_free(d_f), dev_free(d_f2), dev_free(d_b), dev_free(d_b2);
+    free(f), free(b), free(gb), free(gf), free(gb2), free(gf2);
+
+    /* random: normal values scaled by 2^-140 .. 2^120 (subnormal to huge), both signs */
+    static const long sizes[] = {1, 7, 1000, (1L << 20) + 3};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        const size_t n = (size_t)sizes[s];
+        double *x = randn(n, 240 + s, 0.0, 1.0);
+        mfres_rng rng;
+        mfres_rng_seed(&rng, 250 + s);
+        for (size_t i = 0; i < n; i++) x[i] = ldexp(x[i], (int)mfres_rng_below(&rng, 261) - 140);
+        float *xf = round_f(x, n);
+        float *d_x = dev_dup(xf, n * 4), *d_back = dev_alloc(n * 4);
+        void *d_h = dev_alloc(n * 2), *d_h2 = dev_alloc(n * 2);
+        GK(gk_convert(GK_BF16, d_h, GK_F32, d_x, (long)n, 0));
+        void *h = get_raw(d_h, n * 2);
+        expect_exact_t(GK_BF16, "gk_convert f32 -> bf16", h, xf, n);
+        GK(gk_convert(GK_F32, d_back, GK_BF16, d_h, (long)n, 0));
+        float *back = get_f(d_back, n), *back_want = round_trip(GK_BF16, xf, n);
+        expect_same_f("gk_convert bf16 -> f32", back, back_want, n);
+        GK(gk_convert(GK_BF16, d_h2, GK_BF16, d_h, (long)n, 0));
+        void *h2 = get_raw(d_h2, n * 2);
+        expect_same_bytes("gk_convert bf16 -> bf16", h2, h, n, 2);
+        GK(gk_convert(GK_F32, d_back, GK_F32, d_x, (long)n, 0));
+        float *copy = get_f(d_back, n);
+        expect_same_f("gk_convert f32 -> f32", copy, xf, n);
+        dev_free(d_x), dev_free(d_back), dev_free(d_h), dev_free(d_h2);
+        free(x), free(xf), free(h), free(back), free(back_want), free(h2), free(copy);
+    }
+    /* nothing to convert is no work */
+    GK(gk_convert(GK_BF16, NULL, GK_F32, NULL, 0, 0));
 }
 END_TEST
 
@@ -449,25 +707,25 @@ static const int bn_shapes[][4] = {{3, 5, 7, 3},     {4, 8, 8, 16},    {2, 4, 4,
                                    {64, 8, 8, 1024}, {32, 8, 8, 2048}};
 enum { N_BN_SHAPES = sizeof bn_shapes / sizeof bn_shapes[0] };
 
-static void check_bn_forward(int N, int H, int W, int C, uint64_t seed) {
+static void check_bn_forward(gk_dtype t, int N, int H, int W, int C, uint64_t seed) {
     const long rows = (long)N * H * W;
-    const size_t n = (size_t)rows * C, cb = (size_t)C * sizeof(float);
+    const size_t n = (size_t)rows * C, cb = (size_t)C * sizeof(float), nb = n * gk_dtype_size(t);
     const int HW = H * W;
     const double eps = EPS;
     const float mom = 0.1f, hval = 0.37f;
     double *x = randn(n, seed, 3.0, 2.0), *gamma = randn(C, seed + 1, 1.0, 0.3), *beta = randn(C, seed + 2, 0.0, 0.5);
     double *rm0 = randn(C, seed + 3, 0.0, 1.0), *rv0 = randn(C, seed + 4, 0.0, 1.0), *sc = randn(n, seed + 5, 0.0, 1.0);
     for (int c = 0; c < C; c++) rv0[c] = 0.5 + fabs(rv0[c]);
-    float *xf = round_f(x, n), *gf = round_f(gamma, C), *bf = round_f(beta, C), *rmf = round_f(rm0, C);
-    float *rvf = round_f(rv0, C), *scf = round_f(sc, n);
-    float *d_x = dev_dup(xf, n * 4), *d_g = dev_dup(gf, cb), *d_b = dev_dup(bf, cb), *d_rm = dev_dup(rmf, cb);
+    void *xf = round_t(t, x, n), *scf = round_t(t, sc, n); /* the maps: float32 or bfloat16 */
+    float *gf = round_f(gamma, C), *bf = round_f(beta, C), *rmf = round_f(rm0, C), *rvf = round_f(rv0, C);
+    void *d_x = dev_dup(xf, nb), *d_y = dev_alloc(nb), *d_sc = dev_dup(scf, nb), *d_alias = dev_alloc(nb);
+    float *d_g = dev_dup(gf, cb), *d_b = dev_dup(bf, cb), *d_rm = dev_dup(rmf, cb);
     float *d_rv = dev_dup(rvf, cb), *d_rm0 = dev_dup(rmf, cb), *d_rv0 = dev_dup(rvf, cb);
-    float *d_mean = dev_alloc(cb), *d_inv = dev_alloc(cb), *d_y = dev_alloc(n * 4), *d_sc = dev_dup(scf, n * 4);
-    float *d_alias = dev_alloc(n * 4), *d_h = dev_scalar(hval);
+    float *d_mean = dev_alloc(cb), *d_inv = dev_alloc(cb), *d_h = dev_scalar(hval);
     float *d_part = dev_alloc(gk_partials_floats(C) * sizeof(float));
 
     /* statistics, against ref_batchnorm_forward */
-    GK(gk_bn_stats(d_x, rows, C, EPS, mom, d_mean, d_inv, d_rm, d_rv, d_part, 0));
+    GK(gk_bn_stats(t, d_x, rows, C, EPS, mom, d_mean, d_inv, d_rm, d_rv, d_part, 0));
     float *mean = get_f(d_mean, C), *inv = get_f(d_inv, C), *rm = get_f(d_rm, C), *rv = get_f(d_rv, C);
     double *xc = nchw_of_nhwc(x, N, C, H, W), *yc = xmalloc(n * sizeof(double));
     double *mref = xmalloc(C * sizeof(double)), *rsref = xmalloc(C * sizeof(double));
@@ -484,7 +742,7 @@ static void check_bn_forward(int N, int H, int W, int C, uint64_t seed) {
     expect_close("gk_bn_stats running_var", rv, rv_want, C, 1e-4);
     /* the same bits again */
     dev_put(d_rm, rmf, cb), dev_put(d_rv, rvf, cb);
-    GK(gk_bn_stats(d_x, rows, C, EPS, mom, d_mean, d_inv, d_rm, d_rv, d_part, 0));
+    GK(gk_bn_stats(t, d_x, rows, C, EPS, mom, d_mean, d_inv, d_rm, d_rv, d_part, 0));
     float *mean2 = get_f(d_mean, C), *inv2 = get_f(d_inv, C), *rm2 = get_f(d_rm, C), *rv2 = get_f(d_rv, C);
     expect_same_f("gk_bn_stats mean, run twice", mean2, mean, C);
     expect_same_f("gk_bn_stats invstd, run twice", inv2, inv, C);
@@ -500,24 +758,24 @@ static void check_bn_forward(int N, int H, int W, int C, uint64_t seed) {
         branch[i] = gamma[c] * ((x[i] - (double)mean[c]) * (double)inv[c]) + beta[c];
     }
     for (int relu = 0; relu <= 1; relu++) {
-        GK(gk_bn_apply(d_y, d_x, rows, C, d_mean, d_inv, d_g, d_b, relu, 0));
-        float *y = get_f(d_y, n);
+        GK(gk_bn_apply(t, d_y, d_x, rows, C, d_mean, d_inv, d_g, d_b, relu, 0));
+        float *y = get_t(t, d_y, n);
         for (size_t i = 0; i < n; i++) want[i] = relu && yref[i] < 0 ? 0.0 : yref[i];
-        expect_close(relu ? "gk_bn_apply relu vs ref_batchnorm_forward" : "gk_bn_apply vs ref_batchnorm_forward", y,
-                     want, n, 1e-4);
+        expect_close_t(t, relu ? "gk_bn_apply relu vs ref_batchnorm_forward" : "gk_bn_apply vs ref_batchnorm_forward",
+                       y, want, n, 1e-4);
         for (size_t i = 0; i < n; i++) want[i] = relu && branch[i] < 0 ? 0.0 : branch[i];
-        expect_close(relu ? "gk_bn_apply relu" : "gk_bn_apply", y, want, n, 1e-5);
+        expect_close_t(t, relu ? "gk_bn_apply relu" : "gk_bn_apply", y, want, n, 1e-5);
         free(y);
     }
 
     /* the post-activation block end, and with shortcut == out */
-    GK(gk_bn_residual_relu(d_y, d_sc, d_x, rows, C, d_mean, d_inv, d_g, d_b, d_h, 0));
-    float *out = get_f(d_y, n);
+    GK(gk_bn_residual_relu(t, d_y, d_sc, d_x, rows, C, d_mean, d_inv, d_g, d_b, d_h, 0));
+    float *out = get_t(t, d_y, n);
     ref_residual_forward(want, sc, branch, (double)hval, true, (long)n);
-    expect_close("gk_bn_residual_relu", out, want, n, 1e-5);
-    dev_put(d_alias, scf, n * 4);
-    GK(gk_bn_residual_relu(d_alias, d_alias, d_x, rows, C, d_mean, d_inv, d_g, d_b, d_h, 0));
-    float *out_alias = get_f(d_alias, n);
+    expect_close_t(t, "gk_bn_residual_relu", out, want, n, 1e-5);
+    dev_put(d_alias, scf, nb);
+    GK(gk_bn_residual_relu(t, d_alias, d_alias, d_x, rows, C, d_mean, d_inv, d_g, d_b, d_h, 0));
+    float *out_alias = get_t(t, d_alias, n);
     expect_same_f("gk_bn_residual_relu with shortcut == out", out_alias, out, n);
 
     /* inference forms, against ref_batchnorm_forward_inference */
@@ -525,16 +783,16 @@ static void check_bn_forward(int N, int H, int W, int C, uint64_t seed) {
     ref_batchnorm_forward_inference(yinf_c, xc, gamma, beta, rm0, rv0, N, C, HW, eps);
     double *yinf = nhwc_of_nchw(yinf_c, N, C, H, W);
     for (int relu = 0; relu <= 1; relu++) {
-        GK(gk_bn_apply_running(d_y, d_x, rows, C, d_rm0, d_rv0, EPS, d_g, d_b, relu, 0));
-        float *y = get_f(d_y, n);
+        GK(gk_bn_apply_running(t, d_y, d_x, rows, C, d_rm0, d_rv0, EPS, d_g, d_b, relu, 0));
+        float *y = get_t(t, d_y, n);
         for (size_t i = 0; i < n; i++) want[i] = relu && yinf[i] < 0 ? 0.0 : yinf[i];
-        expect_close(relu ? "gk_bn_apply_running relu" : "gk_bn_apply_running", y, want, n, 1e-5);
+        expect_close_t(t, relu ? "gk_bn_apply_running relu" : "gk_bn_apply_running", y, want, n, 1e-5);
         free(y);
     }
-    GK(gk_bn_residual_relu_running(d_y, d_sc, d_x, rows, C, d_rm0, d_rv0, EPS, d_g, d_b, d_h, 0));
-    float *out_inf = get_f(d_y, n);
+    GK(gk_bn_residual_relu_running(t, d_y, d_sc, d_x, rows, C, d_rm0, d_rv0, EPS, d_g, d_b, d_h, 0));
+    float *out_inf = get_t(t, d_y, n);
     ref_residual_forward(want, sc, yinf, (double)hval, true, (long)n);
-    expect_close("gk_bn_residual_relu_running", out_inf, want, n, 1e-5);
+    expect_close_t(t, "gk_bn_residual_relu_running", out_inf, want, n, 1e-5);
 
     void *dev[] = {d_x, d_g, d_b, d_rm, d_rv, d_rm0, d_rv0, d_mean, d_inv, d_y, d_sc, d_alias, d_h, d_part};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) dev_free(dev[i]);
@@ -546,20 +804,26 @@ static void check_bn_forward(int N, int H, int W, int C, uint64_t seed) {
 
 START_TEST(test_bn_forward) {
     const int *s = bn_shapes[_i];
-    check_bn_forward(s[0], s[1], s[2], s[3], 1000 + 10 * (uint64_t)_i);
+    check_bn_forward(GK_F32, s[0], s[1], s[2], s[3], 1000 + 10 * (uint64_t)_i);
 }
 END_TEST
 
-static void check_bn_backward(int N, int H, int W, int C, uint64_t seed) {
+START_TEST(test_bn_forward_bf16) {
+    const int *s = bn_shapes[_i];
+    check_bn_forward(GK_BF16, s[0], s[1], s[2], s[3], 1000 + 10 * (uint64_t)_i);
+}
+END_TEST
+
+static void check_bn_backward(gk_dtype t, int N, int H, int W, int C, uint64_t seed) {
     const long rows = (long)N * H * W;
-    const size_t n = (size_t)rows * C, cb = (size_t)C * sizeof(float);
+    const size_t n = (size_t)rows * C, cb = (size_t)C * sizeof(float), nb = n * gk_dtype_size(t);
     const int HW = H * W;
     const float scale = 0.7f;
     double *x = randn(n, seed, 1.0, 2.0), *dy = randn(n, seed + 1, 0.0, 1.0), *mask = randn(n, seed + 2, 0.0, 1.0);
     double *gamma = randn(C, seed + 3, 1.0, 0.3), *beta = randn(C, seed + 4, 0.0, 0.5), *dx0 = randn(n, seed + 5, 0, 1);
     for (size_t i = 0; i < n; i += 7) mask[i] = 0.0; /* mask[i] > 0, not >= 0 */
-    float *xf = round_f(x, n), *dyf = round_f(dy, n), *maskf = round_f(mask, n), *gf = round_f(gamma, C);
-    float *bf = round_f(beta, C), *dx0f = round_f(dx0, n);
+    void *xf = round_t(t, x, n), *dyf = round_t(t, dy, n), *maskf = round_t(t, mask, n), *dx0f = round_t(t, dx0, n);
+    float *gf = round_f(gamma, C), *bf = round_f(beta, C);
     /* the statistics the forward pass would have saved, as floats */
     double *mean = xmalloc(C * sizeof(double)), *inv = xmalloc(C * sizeof(double));
     for (int c = 0; c < C; c++) {
@@ -570,10 +834,10 @@ static void check_bn_backward(int N, int H, int W, int C, uint64_t seed) {
         mean[c] = m, inv[c] = 1.0 / sqrt(v / (double)rows + EPS);
     }
     float *meanf = round_f(mean, C), *invf = round_f(inv, C);
-    float *d_x = dev_dup(xf, n * 4), *d_dy = dev_dup(dyf, n * 4), *d_mask = dev_dup(maskf, n * 4);
+    void *d_x = dev_dup(xf, nb), *d_dy = dev_dup(dyf, nb), *d_mask = dev_dup(maskf, nb), *d_dx = dev_alloc(nb);
     float *d_g = dev_dup(gf, cb), *d_b = dev_dup(bf, cb), *d_mean = dev_dup(meanf, cb), *d_inv = dev_dup(invf, cb);
     float *d_sums = dev_alloc(2 * cb), *d_dg = dev_alloc(cb), *d_db = dev_alloc(cb), *d_dh = dev_scalar(-99.0f);
-    float *d_scale = dev_scalar(scale), *d_dx = dev_alloc(n * 4);
+    float *d_scale = dev_scalar(scale);
     float *d_part = dev_alloc(gk_partials_floats(C) * sizeof(float));
     double *dyp = xmalloc(n * sizeof(double)), *want = xmalloc(n * sizeof(double));
     double *sum1 = xmalloc(C * sizeof(double)), *sum2 = xmalloc(C * sizeof(double));
@@ -581,7 +845,7 @@ static void check_bn_backward(int N, int H, int W, int C, uint64_t seed) {
     double *xc = nchw_of_nhwc(x, N, C, H, W), *dinc = xmalloc(n * sizeof(double));
 
     for (int masked = 1; masked >= 0; masked--) {
-        for (size_t i = 0; i < n; i++) dyp[i] = !masked || maskf[i] > 0.0f ? dy[i] : 0.0;
+        for (size_t i = 0; i < n; i++) dyp[i] = !masked || mask[i] > 0.0 ? dy[i] : 0.0; /* mask: rounded */
         double *dypc = nchw_of_nhwc(dyp, N, C, H, W);
         memset(sum1, 0, C * sizeof(double)), memset(sum2, 0, C * sizeof(double));
         /* ref: dbeta += sum dy', dgamma += sum dy' xhat, din = gamma rstd (dy' - ...) */
@@ -595,7 +859,7 @@ static void check_bn_backward(int N, int H, int W, int C, uint64_t seed) {
         const char *tag = masked ? " (mask)" : " (no mask)";
         char what[160];
 
-        GK(gk_bn_backward_reduce(d_dy, masked ? d_mask : NULL, d_x, rows, C, d_mean, d_inv, d_sums, d_part, 0));
+        GK(gk_bn_backward_reduce(t, d_dy, masked ? d_mask : NULL, d_x, rows, C, d_mean, d_inv, d_sums, d_part, 0));
         float *sums = get_f(d_sums, 2 * (size_t)C);
         for (int c = 0; c < C; c++) {
             snprintf(what, sizeof what, "gk_bn_backward_reduce sum dy'%s, channel %d of %d", tag, c, C);
@@ -603,7 +867,7 @@ static void check_bn_backward(int N, int H, int W, int C, uint64_t seed) {
             snprintf(what, sizeof what, "gk_bn_backward_reduce sum dy' xhat%s, channel %d of %d", tag, c, C);
             expect_sum(what, sums[C + c], sum2[c], abs2[c], 1e-4);
         }
-        GK(gk_bn_backward_reduce(d_dy, masked ? d_mask : NULL, d_x, rows, C, d_mean, d_inv, d_sums, d_part, 0));
+        GK(gk_bn_backward_reduce(t, d_dy, masked ? d_mask : NULL, d_x, rows, C, d_mean, d_inv, d_sums, d_part, 0));
         float *sums2 = get_f(d_sums, 2 * (size_t)C);
         expect_same_f("gk_bn_backward_reduce, run twice", sums2, sums, 2 * (size_t)C);
 
@@ -633,18 +897,19 @@ static void check_bn_backward(int N, int H, int W, int C, uint64_t seed) {
         /* data: written, accumulated, and in place (dx == dy) */
         if (masked) {
             for (int acc = 0; acc <= 1; acc++) {
-                dev_put(d_dx, dx0f, n * 4);
-                GK(gk_bn_backward_data(d_dx, d_dy, d_mask, d_x, rows, C, d_mean, d_inv, d_g, d_sums, d_scale, acc, 0));
-                float *dx = get_f(d_dx, n);
+                dev_put(d_dx, dx0f, nb);
+                GK(gk_bn_backward_data(t, d_dx, d_dy, d_mask, d_x, rows, C, d_mean, d_inv, d_g, d_sums, d_scale, acc,
+                                       0));
+                float *dx = get_t(t, d_dx, n);
                 for (size_t i = 0; i < n; i++) want[i] = (acc ? dx0[i] : 0.0) + (double)scale * din[i];
-                expect_close(acc ? "gk_bn_backward_data accumulate" : "gk_bn_backward_data", dx, want, n, 1e-4);
+                expect_close_t(t, acc ? "gk_bn_backward_data accumulate" : "gk_bn_backward_data", dx, want, n, 1e-4);
                 free(dx);
             }
         } else {
-            dev_put(d_dx, dyf, n * 4);
-            GK(gk_bn_backward_data(d_dx, d_dx, NULL, d_x, rows, C, d_mean, d_inv, d_g, d_sums, NULL, 0, 0));
-            float *dx = get_f(d_dx, n);
-            expect_close("gk_bn_backward_data with dx == dy", dx, din, n, 1e-4);
+            dev_put(d_dx, dyf, nb);
+            GK(gk_bn_backward_data(t, d_dx, d_dx, NULL, d_x, rows, C, d_mean, d_inv, d_g, d_sums, NULL, 0, 0));
+            float *dx = get_t(t, d_dx, n);
+            expect_close_t(t, "gk_bn_backward_data with dx == dy", dx, din, n, 1e-4);
             free(dx);
         }
         free(dypc), free(din), free(sums), free(sums2), free(dg), free(db);
@@ -658,7 +923,13 @@ static void check_bn_backward(int N, int H, int W, int C, uint64_t seed) {
 
 START_TEST(test_bn_backward) {
     const int *s = bn_shapes[_i];
-    check_bn_backward(s[0], s[1], s[2], s[3], 2000 + 10 * (uint64_t)_i);
+    check_bn_backward(GK_F32, s[0], s[1], s[2], s[3], 2000 + 10 * (uint64_t)_i);
+}
+END_TEST
+
+START_TEST(test_bn_backward_bf16) {
+    const int *s = bn_shapes[_i];
+    check_bn_backward(GK_BF16, s[0], s[1], s[2], s[3], 2000 + 10 * (uint64_t)_i);
 }
 END_TEST
 
@@ -667,51 +938,61 @@ END_TEST
 static const long ew_sizes[] = {1, 7, 1000, (1L << 20) + 3};
 enum { N_EW_SIZES = sizeof ew_sizes / sizeof ew_sizes[0] };
 
-START_TEST(test_elementwise) {
-    const size_t n = (size_t)ew_sizes[_i], bytes = n * sizeof(float);
+static void check_elementwise(gk_dtype t, int k) {
+    const size_t n = (size_t)ew_sizes[k], bytes = n * gk_dtype_size(t);
+    const uint64_t seed = (uint64_t)k;
     const float hval = -0.61f, sval = -1.7f;
-    double *a = randn(n, 50 + _i, 0.0, 1.0), *b = randn(n, 60 + _i, 0.0, 1.0), *m = randn(n, 70 + _i, 0.0, 1.0);
+    double *a = randn(n, 50 + seed, 0.0, 1.0), *b = randn(n, 60 + seed, 0.0, 1.0), *m = randn(n, 70 + seed, 0.0, 1.0);
     for (size_t i = 0; i < n; i += 5) m[i] = 0.0;
-    float *af = round_f(a, n), *bf = round_f(b, n), *mf = round_f(m, n);
-    float *d_a = dev_dup(af, bytes), *d_b = dev_dup(bf, bytes), *d_m = dev_dup(mf, bytes);
-    float *d_h = dev_scalar(hval), *d_s = dev_scalar(sval), *d_out = dev_alloc(bytes);
+    void *af = round_t(t, a, n), *bf = round_t(t, b, n), *mf = round_t(t, m, n);
+    void *d_a = dev_dup(af, bytes), *d_b = dev_dup(bf, bytes), *d_m = dev_dup(mf, bytes), *d_out = dev_alloc(bytes);
+    float *d_h = dev_scalar(hval), *d_s = dev_scalar(sval);
     double *want = xmalloc(n * sizeof(double));
 
-    GK(gk_relu_mask(d_a, d_m, (long)n, 0));
-    float *got = get_f(d_a, n), *wantf = xmalloc(bytes);
+    /* a mask keeps an element or makes it 0: exact in either type */
+    GK(gk_relu_mask(t, d_a, d_m, (long)n, 0));
+    float *got = get_t(t, d_a, n);
     ref_relu_backward(want, a, m, (long)n);
-    for (size_t i = 0; i < n; i++) wantf[i] = (float)want[i];
-    expect_same_f("gk_relu_mask", got, wantf, n);
+    for (size_t i = 0; i < n; i++) {
+        const float w = (float)want[i];
+        EXPECT(!memcmp(&got[i], &w, sizeof w), "gk_relu_mask (%s): element %zu of %zu: got %.9g, want %.9g",
+               dtype_name(t), i, n, (double)got[i], (double)w);
+    }
     free(got);
 
     dev_put(d_a, af, bytes);
-    GK(gk_add(d_a, d_b, (long)n, 0));
-    got = get_f(d_a, n);
+    GK(gk_add(t, d_a, d_b, (long)n, 0));
+    got = get_t(t, d_a, n);
     for (size_t i = 0; i < n; i++) want[i] = a[i] + b[i];
-    expect_close("gk_add", got, want, n, 1e-5);
+    expect_close_t(t, "gk_add", got, want, n, 1e-5);
     free(got);
 
     dev_put(d_a, af, bytes);
-    GK(gk_scale(d_a, d_s, (long)n, 0));
-    got = get_f(d_a, n);
+    GK(gk_scale(t, d_a, d_s, (long)n, 0));
+    got = get_t(t, d_a, n);
     for (size_t i = 0; i < n; i++) want[i] = a[i] * (double)sval;
-    expect_close("gk_scale", got, want, n, 1e-5);
+    expect_close_t(t, "gk_scale", got, want, n, 1e-5);
     free(got);
 
     dev_put(d_a, af, bytes);
-    GK(gk_residual(d_out, d_a, d_b, d_h, (long)n, 0));
-    got = get_f(d_out, n);
+    GK(gk_residual(t, d_out, d_a, d_b, d_h, (long)n, 0));
+    got = get_t(t, d_out, n);
     ref_residual_forward(want, a, b, (double)hval, false, (long)n);
-    expect_close("gk_residual", got, want, n, 1e-5);
-    GK(gk_residual(d_a, d_a, d_b, d_h, (long)n, 0));
-    float *alias = get_f(d_a, n);
+    expect_close_t(t, "gk_residual", got, want, n, 1e-5);
+    GK(gk_residual(t, d_a, d_a, d_b, d_h, (long)n, 0));
+    float *alias = get_t(t, d_a, n);
     expect_same_f("gk_residual with shortcut == out", alias, got, n);
     free(got), free(alias);
 
     void *dev[] = {d_a, d_b, d_m, d_h, d_s, d_out};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) dev_free(dev[i]);
-    free(a), free(b), free(m), free(af), free(bf), free(mf), free(want), free(wantf);
+    free(a), free(b), free(m), free(af), free(bf), free(mf), free(want);
 }
+
+START_TEST(test_elementwise) { check_elementwise(GK_F32, _i); }
+END_TEST
+
+START_TEST(test_elementwise_bf16) { check_elementwise(GK_BF16, _i); }
 END_TEST
 
 /* n = 0, and past DOT_BLOCKS x 2048 where the blocks loop. */
@@ -743,65 +1024,81 @@ END_TEST
 
 /* ---- shortcuts and pooling ------------------------------------------------------------ */
 
-START_TEST(test_shortcut_a) {
+static void check_shortcut_a(gk_dtype t) {
     static const int shapes[][4] = {{2, 8, 8, 16}, {3, 32, 32, 16}, {2, 7, 5, 3}, {1, 2, 2, 1}, {4, 16, 16, 32}};
+    const size_t es = gk_dtype_size(t);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int N = shapes[s][0], H = shapes[s][1], W = shapes[s][2], C = shapes[s][3];
         const int OH = H / 2, OW = W / 2;
         const size_t nx = (size_t)N * H * W * C, no = (size_t)N * OH * OW * 2 * C;
         double *x = randn(nx, 100 + s, 0.0, 1.0), *dout = randn(no, 110 + s, 0.0, 1.0), *dx0 = randn(nx, 120 + s, 0, 1);
-        float *xf = round_f(x, nx), *doutf = round_f(dout, no), *dx0f = round_f(dx0, nx);
-        float *d_x = dev_dup(xf, nx * 4), *d_out = dev_alloc(no * 4), *d_dout = dev_dup(doutf, no * 4);
-        float *d_dx = dev_dup(dx0f, nx * 4);
+        void *xf = round_t(t, x, nx), *doutf = round_t(t, dout, no), *dx0f = round_t(t, dx0, nx);
+        void *d_x = dev_dup(xf, nx * es), *d_out = dev_alloc(no * es), *d_dout = dev_dup(doutf, no * es);
+        void *d_dx = dev_dup(dx0f, nx * es);
 
-        GK(gk_shortcut_a_forward(d_out, d_x, N, H, W, C, 0));
-        float *out = get_f(d_out, no), *wantf = xmalloc(no * sizeof(float));
+        /* a copy of elements and zeros: exact */
+        GK(gk_shortcut_a_forward(t, d_out, d_x, N, H, W, C, 0));
+        void *out = get_raw(d_out, no * es);
+        float *wantf = xmalloc(no * sizeof(float));
         double *xc = nchw_of_nhwc(x, N, C, H, W), *oc = xmalloc(no * sizeof(double));
         ref_shortcut_a_forward(oc, xc, N, C, H, W);
         double *o = nhwc_of_nchw(oc, N, 2 * C, OH, OW);
         for (size_t i = 0; i < no; i++) wantf[i] = (float)o[i];
-        expect_same_f("gk_shortcut_a_forward", out, wantf, no);
+        expect_exact_t(t, "gk_shortcut_a_forward", out, wantf, no);
 
-        GK(gk_shortcut_a_backward_add(d_dx, d_dout, N, H, W, C, 0));
-        float *dx = get_f(d_dx, nx);
+        GK(gk_shortcut_a_backward_add(t, d_dx, d_dout, N, H, W, C, 0));
+        float *dx = get_t(t, d_dx, nx);
         double *doutc = nchw_of_nhwc(dout, N, 2 * C, OH, OW), *dinc = xmalloc(nx * sizeof(double));
         ref_shortcut_a_backward(dinc, doutc, N, C, H, W);
         double *din = nhwc_of_nchw(dinc, N, C, H, W);
         for (size_t i = 0; i < nx; i++) din[i] += dx0[i];
-        expect_close("gk_shortcut_a_backward_add", dx, din, nx, 1e-6);
+        expect_close_t(t, "gk_shortcut_a_backward_add", dx, din, nx, 1e-6);
 
         dev_free(d_x), dev_free(d_out), dev_free(d_dout), dev_free(d_dx);
         void *host[] = {x, dout, dx0, xf, doutf, dx0f, out, wantf, xc, oc, o, dx, doutc, dinc, din};
         for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     }
 }
+
+START_TEST(test_shortcut_a) { check_shortcut_a(GK_F32); }
 END_TEST
 
-START_TEST(test_avgpool) {
+START_TEST(test_shortcut_a_bf16) { check_shortcut_a(GK_BF16); }
+END_TEST
+
+/* The map x of type t; the pooled features and their gradient are float32. */
+static void check_avgpool(gk_dtype t) {
     static const int shapes[][3] = {{2, 64, 64}, {3, 49, 10}, {128, 64, 264}, {1, 1, 3}, {5, 16, 33}}; /* N, HW, C */
+    const size_t es = gk_dtype_size(t);
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int N = shapes[s][0], HW = shapes[s][1], C = shapes[s][2];
         const size_t nx = (size_t)N * HW * C, np = (size_t)N * C;
         double *x = randn(nx, 130 + s, 0.3, 1.0), *dp = randn(np, 140 + s, 0.0, 1.0);
-        float *xf = round_f(x, nx), *dpf = round_f(dp, np);
-        float *d_x = dev_dup(xf, nx * 4), *d_p = dev_alloc(np * 4), *d_dp = dev_dup(dpf, np * 4);
-        float *d_dx = dev_alloc(nx * 4);
-        GK(gk_avgpool_forward(d_p, d_x, N, HW, C, 0));
+        void *xf = round_t(t, x, nx);
+        float *dpf = round_f(dp, np);
+        void *d_x = dev_dup(xf, nx * es), *d_dx = dev_alloc(nx * es);
+        float *d_p = dev_alloc(np * 4), *d_dp = dev_dup(dpf, np * 4);
+        GK(gk_avgpool_forward(t, d_p, d_x, N, HW, C, 0));
         float *p = get_f(d_p, np);
         double *xc = nchw_of_nhwc(x, N, C, HW, 1), *pw = xmalloc(np * sizeof(double));
         ref_avgpool_forward(pw, xc, N, C, HW); /* pooled [N, C] in both layouts */
-        expect_close("gk_avgpool_forward", p, pw, np, 1e-5);
-        GK(gk_avgpool_backward(d_dx, d_dp, N, HW, C, 0));
-        float *dx = get_f(d_dx, nx);
+        expect_close(t == GK_F32 ? "gk_avgpool_forward" : "gk_avgpool_forward (bf16 x)", p, pw, np, 1e-5);
+        GK(gk_avgpool_backward(t, d_dx, d_dp, N, HW, C, 0));
+        float *dx = get_t(t, d_dx, nx);
         double *dxc = xmalloc(nx * sizeof(double));
         ref_avgpool_backward(dxc, dp, N, C, HW);
         double *dxw = nhwc_of_nchw(dxc, N, C, HW, 1);
-        expect_close("gk_avgpool_backward", dx, dxw, nx, 1e-6);
+        expect_close_t(t, "gk_avgpool_backward", dx, dxw, nx, 1e-6);
         dev_free(d_x), dev_free(d_p), dev_free(d_dp), dev_free(d_dx);
         void *host[] = {x, dp, xf, dpf, p, xc, pw, dx, dxc, dxw};
         for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     }
 }
+
+START_TEST(test_avgpool) { check_avgpool(GK_F32); }
+END_TEST
+
+START_TEST(test_avgpool_bf16) { check_avgpool(GK_BF16); }
 END_TEST
 
 /* ---- head ------------------------------------------------------------------------------- */
@@ -946,9 +1243,10 @@ START_TEST(test_graph_reads_values) {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    ck_assert_int_eq(gk_residual(d_out, d_a, d_b, d_h, (long)n, st), 0);
-    ck_assert_int_eq(gk_bn_residual_relu(d_bn, d_a, d_b, (long)n, 1, d_mean, d_inv, d_gamma, d_beta, d_h, st), 0);
-    ck_assert_int_eq(gk_scale(d_y, d_scale, (long)n, st), 0);
+    ck_assert_int_eq(gk_residual(GK_F32, d_out, d_a, d_b, d_h, (long)n, st), 0);
+    ck_assert_int_eq(gk_bn_residual_relu(GK_F32, d_bn, d_a, d_b, (long)n, 1, d_mean, d_inv, d_gamma, d_beta, d_h, st),
+                     0);
+    ck_assert_int_eq(gk_scale(GK_F32, d_y, d_scale, (long)n, st), 0);
     ck_assert_int_eq(gk_bn_backward_params(d_sums, 1, d_gamma, d_beta, d_scale, d_dg, d_db, NULL, st), 0);
     ck_assert_int_eq(gk_sgd(d_p, d_v, d_b, (long)n, d_lr, 0.9f, 0.0f, 0, st), 0);
     CUDA_CHECK(cudaStreamEndCapture(st, &graph));
@@ -1071,20 +1369,22 @@ END_TEST
 
 /* The GPU's batches against the CPU loader's (two epochs of shuffled, cropped,
  * flipped batches; a final partial batch) and against host_gather, bit for
- * bit, plus a batch that is all padding. */
-START_TEST(test_gather) {
+ * bit, plus a batch that is all padding. A bfloat16 batch: bit for bit the
+ * float32 one rounded. */
+static void check_gather(gk_dtype t) {
     static const int sets[][5] = {{37, 3, 7, 5, 16}, {100, 1, 28, 28, 64}, {50, 3, 32, 32, 13}};
-    for (size_t t = 0; t < sizeof sets / sizeof sets[0]; t++) {
+    const size_t es = gk_dtype_size(t);
+    for (size_t k = 0; k < sizeof sets / sizeof sets[0]; k++) {
         synth_set s;
-        synth_make(&s, sets[t][0], sets[t][1], sets[t][2], sets[t][3], 400 + t);
-        const int C = s.ds.c, H = s.ds.h, W = s.ds.w, B = sets[t][4], n = s.ds.n;
+        synth_make(&s, sets[k][0], sets[k][1], sets[k][2], sets[k][3], 400 + k);
+        const int C = s.ds.c, H = s.ds.h, W = s.ds.w, B = sets[k][4], n = s.ds.n;
         const size_t image = (size_t)C * H * W;
         mfres_loader_config cfg = gather_cfg(&s, B);
         mfres_loader *l;
         ck_assert_ok(mfres_loader_create(&l, &s.ds, &cfg));
         uint8_t *d_img = dev_dup(s.ds.pixels, image * n), *d_lab = dev_dup(s.ds.labels, (size_t)n);
         float *d_lut = dev_dup(mfres_loader_lut(l), (size_t)C * 256 * sizeof(float));
-        float *d_dst = dev_alloc(image * B * sizeof(float));
+        void *d_dst = dev_alloc(image * B * es);
         int32_t *d_labels = dev_alloc(B * sizeof(int32_t));
         float *got_nchw = xmalloc(image * B * sizeof(float)), *mine = xmalloc(image * B * sizeof(float));
         int32_t *mine_labels = xmalloc(B * sizeof(int32_t)), *got_labels = xmalloc(B * sizeof(int32_t));
@@ -1099,26 +1399,30 @@ START_TEST(test_gather) {
             int count, j = 0;
             while (mfres_loader_next(l, &x, &y, &count) == 1) {
                 const long first = (long)j * B;
-                GK(gk_gather_batch(d_dst, d_labels, d_img, d_lab, d_lut, d_perm, d_oy, d_ox, d_flip, first, B, n, C, H,
-                                   W, 0));
-                float *got = get_f(d_dst, image * B);
+                GK(gk_gather_batch(t, d_dst, d_labels, d_img, d_lab, d_lut, d_perm, d_oy, d_ox, d_flip, first, B, n, C,
+                                   H, W, 0));
+                void *raw = get_raw(d_dst, image * B * es);
+                float *got = get_t(t, d_dst, image * B);
                 dev_get(got_labels, d_labels, B * sizeof(int32_t));
                 host_gather(mine, mine_labels, s.ds.pixels, s.ds.labels, mfres_loader_lut(l), p.perm, p.oy, p.ox,
                             p.flip, first, B, n, C, H, W);
-                expect_same_f("gk_gather_batch vs host_gather", got, mine, image * B);
+                expect_exact_t(t, "gk_gather_batch vs host_gather", raw, mine, image * B);
                 expect_same_bytes("gk_gather_batch labels vs host_gather", got_labels, mine_labels, (size_t)B,
                                   sizeof(int32_t));
                 nhwc_to_nchw_f(got_nchw, got, B, C, H, W);
-                expect_same_f("gk_gather_batch vs the CPU loader", got_nchw, x, image * B);
+                float *loader = round_trip(t, x, image * B);
+                expect_same_f(t == GK_F32 ? "gk_gather_batch vs the CPU loader"
+                                          : "gk_gather_batch vs the CPU loader's batch rounded to bf16",
+                              got_nchw, loader, image * B);
                 expect_same_bytes("gk_gather_batch labels vs the CPU loader", got_labels, y, (size_t)B,
                                   sizeof(int32_t));
-                free(got);
+                free(raw), free(got), free(loader);
                 j++;
             }
             /* past the end: all padding */
-            GK(gk_gather_batch(d_dst, d_labels, d_img, d_lab, d_lut, d_perm, d_oy, d_ox, d_flip, (long)n + 3, B, n, C,
-                               H, W, 0));
-            float *got = get_f(d_dst, image * B);
+            GK(gk_gather_batch(t, d_dst, d_labels, d_img, d_lab, d_lut, d_perm, d_oy, d_ox, d_flip, (long)n + 3, B, n,
+                               C, H, W, 0));
+            float *got = get_t(t, d_dst, image * B);
             dev_get(got_labels, d_labels, B * sizeof(int32_t));
             for (size_t i = 0; i < image * B; i++) EXPECT(got[i] == 0.0f, "padding pixel %zu: %g", i, (double)got[i]);
             for (int k = 0; k < B; k++) EXPECT(got_labels[k] == -1, "padding label %d: %d", k, (int)got_labels[k]);
@@ -1132,18 +1436,46 @@ START_TEST(test_gather) {
         synth_free(&s);
     }
 }
+
+START_TEST(test_gather) { check_gather(GK_F32); }
+END_TEST
+
+START_TEST(test_gather_bf16) { check_gather(GK_BF16); }
 END_TEST
 
 /* ---- argument errors ---------------------------------------------------------------------------- */
 
 START_TEST(test_invalid_arguments) {
-    ck_assert_int_eq(gk_bn_stats(NULL, 0, 16, EPS, 0.1f, NULL, NULL, NULL, NULL, NULL, 0), cudaErrorInvalidValue);
-    ck_assert_int_eq(gk_bn_stats(NULL, 16, 0, EPS, 0.1f, NULL, NULL, NULL, NULL, NULL, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_bn_stats(GK_F32, NULL, 0, 16, EPS, 0.1f, NULL, NULL, NULL, NULL, NULL, 0),
+                     cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_bn_stats(GK_F32, NULL, 16, 0, EPS, 0.1f, NULL, NULL, NULL, NULL, NULL, 0),
+                     cudaErrorInvalidValue);
     ck_assert_int_eq(gk_meanfield_update(NULL, NULL, NULL, NULL, NULL, 100000, NULL, 1, 0.9f, 0, 1, NULL, 0),
                      cudaErrorInvalidValue);
     ck_assert_int_eq(gk_softmax_xent_forward(NULL, NULL, NULL, 4, 0, NULL, NULL, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_convert(GK_BF16, NULL, GK_F32, NULL, -1, 0), cudaErrorInvalidValue);
     /* empty element-wise work is no work */
-    ck_assert_int_eq(gk_add(NULL, NULL, 0, 0), 0);
+    ck_assert_int_eq(gk_add(GK_F32, NULL, NULL, 0, 0), 0);
+    ck_assert_int_eq(gk_add(GK_BF16, NULL, NULL, 0, 0), 0);
+    /* an unknown element type is refused before anything else, empty work included */
+    const gk_dtype bad = (gk_dtype)7;
+    ck_assert_int_eq(gk_add(bad, NULL, NULL, 0, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_convert(bad, NULL, GK_F32, NULL, 0, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_convert(GK_F32, NULL, bad, NULL, 0, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_bn_stats(bad, NULL, 16, 16, EPS, 0.1f, NULL, NULL, NULL, NULL, NULL, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_bn_apply(bad, NULL, NULL, 0, 16, NULL, NULL, NULL, NULL, 0, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_bn_backward_reduce(bad, NULL, NULL, NULL, 0, 16, NULL, NULL, NULL, NULL, 0),
+                     cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_bn_backward_data(bad, NULL, NULL, NULL, NULL, 0, 16, NULL, NULL, NULL, NULL, NULL, 0, 0),
+                     cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_relu_mask(bad, NULL, NULL, 0, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_scale(bad, NULL, NULL, 0, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_residual(bad, NULL, NULL, NULL, NULL, 0, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_shortcut_a_forward(bad, NULL, NULL, 0, 2, 2, 1, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_avgpool_forward(bad, NULL, NULL, 0, 1, 1, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_nchw_to_nhwc(bad, NULL, NULL, 0, 1, 1, 1, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_gather_batch(bad, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, 1, 1, 1, 0),
+                     cudaErrorInvalidValue);
     CUDA_CHECK(cudaGetLastError());
 }
 END_TEST
@@ -1152,18 +1484,26 @@ static Suite *gpu_suite(void) {
     Suite *s = suite_create("gpu_kernels");
     TCase *tc = tcase_create("kernels");
     tcase_add_test(tc, test_layout);
+    tcase_add_test(tc, test_layout_bf16);
+    tcase_add_test(tc, test_convert);
     tcase_add_loop_test(tc, test_bn_forward, 0, N_BN_SHAPES);
+    tcase_add_loop_test(tc, test_bn_forward_bf16, 0, N_BN_SHAPES);
     tcase_add_loop_test(tc, test_bn_backward, 0, N_BN_SHAPES);
+    tcase_add_loop_test(tc, test_bn_backward_bf16, 0, N_BN_SHAPES);
     tcase_add_loop_test(tc, test_elementwise, 0, N_EW_SIZES);
+    tcase_add_loop_test(tc, test_elementwise_bf16, 0, N_EW_SIZES);
     tcase_add_loop_test(tc, test_dot, 0, N_DOT_SIZES);
     tcase_add_test(tc, test_shortcut_a);
+    tcase_add_test(tc, test_shortcut_a_bf16);
     tcase_add_test(tc, test_avgpool);
+    tcase_add_test(tc, test_avgpool_bf16);
     tcase_add_test(tc, test_bias);
     tcase_add_loop_test(tc, test_softmax_xent, 0, N_SM_SHAPES);
     tcase_add_loop_test(tc, test_sgd, 0, N_SGD_SIZES);
     tcase_add_test(tc, test_graph_reads_values);
     tcase_add_loop_test(tc, test_meanfield, 0, N_MF);
     tcase_add_test(tc, test_gather);
+    tcase_add_test(tc, test_gather_bf16);
     tcase_add_test(tc, test_invalid_arguments);
     suite_add_tcase(s, tc);
     return s;

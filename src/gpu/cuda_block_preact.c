@@ -12,57 +12,52 @@
 #include "gpu/cuda_plan.h"
 #include "mfres/core.h"
 
-int gpu_preact_forward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const float *x, bool train) {
+int gpu_preact_forward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const void *x, bool train) {
     const arch_block *s = b->shape;
     const arch_block *bp = arch_params_at(m, b->stage, b->index);
     int last = s->n_conv - 1, N = g->N, rc;
     long n_out = (long)N * s->c_out * s->h_out * s->w_out, rows_out = (long)N * s->h_out * s->w_out;
-    const float *shortcut = x;
+    const void *shortcut = x;
     if (s->shortcut == SHORTCUT_OPTION_A) {
-        KERNEL(gk_shortcut_a_forward(b->out, x, N, s->h_in, s->w_in, s->c_in, g->stream));
+        KERNEL(gk_shortcut_a_forward(g->act, b->out, x, N, s->h_in, s->w_in, s->c_in, g->stream));
         shortcut = b->out;
     } else if (s->shortcut == SHORTCUT_PROJECTION) {
-        const float *w = gpu_param(g, m, bp->proj.w->data);
+        const mfres_tensor *w = bp->proj.w;
         if (s->proj_bn) {
-            if ((rc = gpu_conv_forward(&b->proj, g->cudnn, b->tp, x, w, g->workspace, g->workspace_bytes))) return rc;
+            if ((rc = gpu_conv_fwd(g, m, &b->proj, b->tp, x, w))) return rc;
             gpu_bn pbn = gpu_bn_of(g, m, &bp->proj_norm);
             if ((rc = gpu_bn_forward(g, &pbn, b->out, b->tp, rows_out, b->proj_mean, b->proj_invstd, train, false)))
                 return rc;
-        } else if ((rc = gpu_conv_forward(&b->proj, g->cudnn, b->out, x, w, g->workspace, g->workspace_bytes))) {
+        } else if ((rc = gpu_conv_fwd(g, m, &b->proj, b->out, x, w))) {
             return rc;
         }
         shortcut = b->out;
     }
-    const float *in = x;
+    const void *in = x;
     for (int i = 0; i <= last; i++) {
         gpu_bn bn = gpu_bn_of(g, m, &bp->bn[i]);
         long rows = (long)N * s->conv[i].H * s->conv[i].W;
         if ((rc = gpu_bn_forward(g, &bn, b->a[i], in, rows, b->mean[i], b->invstd[i], train, true))) return rc;
-        if ((rc = gpu_conv_forward(&b->conv[i], g->cudnn, b->t[i], b->a[i], gpu_param(g, m, bp->conv[i].w->data),
-                                   g->workspace, g->workspace_bytes)))
-            return rc;
+        if ((rc = gpu_conv_fwd(g, m, &b->conv[i], b->t[i], b->a[i], bp->conv[i].w))) return rc;
         in = b->t[i];
     }
-    KERNEL(gk_residual(b->out, shortcut, b->t[last], gpu_h_at(g, b->stage, b->index), n_out, g->stream));
+    KERNEL(gk_residual(g->act, b->out, shortcut, b->t[last], gpu_h_at(g, b->stage, b->index), n_out, g->stream));
     return MFRES_OK;
 }
 
-int gpu_preact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const float *x, int *sg) {
+int gpu_preact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const void *x, int *sg) {
     const arch_block *s = b->shape;
     const arch_block *bp = arch_params_at(m, b->stage, b->index);
     int last = s->n_conv - 1, N = g->N, s1, s2, spare, rc;
     arch_scratch_others(*sg, &s1, &s2, &spare);
-    float *G = g->scratch[*sg];
+    void *G = g->scratch[*sg];
     long n_in = (long)N * s->c_in * s->h_in * s->w_in, rows_out = (long)N * s->h_out * s->w_out;
     /* The chain backward from G: each convolution's input-side gradient goes
      * to s2, the batch norm's to s1; dE/dx of the branch ends in s1. */
-    const float *cur = G;
+    const void *cur = G;
     for (int i = last; i >= 0; i--) {
-        const float *w = gpu_param(g, m, bp->conv[i].w->data);
-        if ((rc = gpu_conv_backward_weights(&b->conv[i], g->cudnn, gpu_grad(g, m, bp->conv[i].w->grad), b->a[i], cur,
-                                            g->workspace, g->workspace_bytes)) ||
-            (rc = gpu_conv_backward_data(&b->conv[i], g->cudnn, g->scratch[s2], cur, w, g->workspace,
-                                         g->workspace_bytes)))
+        if ((rc = gpu_conv_bwd_weights(g, m, &b->conv[i], bp->conv[i].w, b->a[i], cur)) ||
+            (rc = gpu_conv_bwd_data(g, m, &b->conv[i], g->scratch[s2], cur, bp->conv[i].w)))
             return rc;
         gpu_bn bn = gpu_bn_of(g, m, &bp->bn[i]);
         long rows = (long)N * s->conv[i].H * s->conv[i].W;
@@ -78,15 +73,15 @@ int gpu_preact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const flo
     if (b->index > 0 && m->cfg.mode == MFRES_MODE_MEANFIELD) {
         const float *h = gpu_h_at(g, b->stage, b->index);
         /* The branch's trainable values are contiguous in the gradient buffer. */
-        KERNEL(gk_scale(g->grads + bp->branch_first, h, (long)(bp->branch_end - bp->branch_first), g->stream));
-        KERNEL(gk_scale(g->scratch[s1], h, n_in, g->stream));
+        KERNEL(gk_scale(GK_F32, g->grads + bp->branch_first, h, (long)(bp->branch_end - bp->branch_first), g->stream));
+        KERNEL(gk_scale(g->act, g->scratch[s1], h, n_in, g->stream));
     }
     /* dE/dx = branch path (in s1) + shortcut path (from the residual gradient G). */
     if (s->shortcut == SHORTCUT_OPTION_A) {
-        KERNEL(gk_shortcut_a_backward_add(g->scratch[s1], G, N, s->h_in, s->w_in, s->c_in, g->stream));
+        KERNEL(gk_shortcut_a_backward_add(g->act, g->scratch[s1], G, N, s->h_in, s->w_in, s->c_in, g->stream));
         *sg = s1;
     } else if (s->shortcut == SHORTCUT_PROJECTION) {
-        const float *dy = G;
+        const void *dy = G;
         if (s->proj_bn) {
             gpu_bn pbn = gpu_bn_of(g, m, &bp->proj_norm);
             if ((rc = gpu_bn_backward(g, &pbn, g->scratch[s2], G, NULL, b->tp, rows_out, b->proj_mean,
@@ -94,15 +89,13 @@ int gpu_preact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const flo
                 return rc;
             dy = g->scratch[s2];
         }
-        if ((rc = gpu_conv_backward_weights(&b->proj, g->cudnn, gpu_grad(g, m, bp->proj.w->grad), x, dy,
-                                            g->workspace, g->workspace_bytes)) ||
-            (rc = gpu_conv_backward_data(&b->proj, g->cudnn, g->scratch[spare], dy,
-                                         gpu_param(g, m, bp->proj.w->data), g->workspace, g->workspace_bytes)))
+        if ((rc = gpu_conv_bwd_weights(g, m, &b->proj, bp->proj.w, x, dy)) ||
+            (rc = gpu_conv_bwd_data(g, m, &b->proj, g->scratch[spare], dy, bp->proj.w)))
             return rc;
-        KERNEL(gk_add(g->scratch[s1], g->scratch[spare], n_in, g->stream));
+        KERNEL(gk_add(g->act, g->scratch[s1], g->scratch[spare], n_in, g->stream));
         *sg = s1;
     } else {
-        KERNEL(gk_add(G, g->scratch[s1], n_in, g->stream));
+        KERNEL(gk_add(g->act, G, g->scratch[s1], n_in, g->stream));
     }
     return MFRES_OK;
 }

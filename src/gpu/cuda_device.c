@@ -37,12 +37,10 @@ int gpu_check(mfres_precision p) {
     if (prop.major < 7)
         return mfres_fail(MFRES_EBACKEND, "--device cuda: %s has compute capability %d.%d; mfres needs 7.0 or later",
                           prop.name, prop.major, prop.minor);
-    if (p == MFRES_PRECISION_TF32 && prop.major < 8)
-        return mfres_fail(MFRES_EINVAL, "--precision tf32 needs compute capability 8.0 (Ampere) or later; %s has %d.%d",
-                          prop.name, prop.major, prop.minor);
-    if (p == MFRES_PRECISION_BF16)
-        return mfres_fail(MFRES_EINVAL, "--precision bf16 is not implemented in the CUDA backend yet (docs/GPU.md); "
-                          "use fp32 or tf32");
+    /* TF32 and bfloat16 tensor cores came with Ampere. */
+    if (p != MFRES_PRECISION_FP32 && prop.major < 8)
+        return mfres_fail(MFRES_EINVAL, "--precision %s needs compute capability 8.0 (Ampere) or later; %s has %d.%d",
+                          p == MFRES_PRECISION_TF32 ? "tf32" : "bf16", prop.name, prop.major, prop.minor);
     return MFRES_OK;
 }
 

@@ -44,27 +44,58 @@ gpu_bn gpu_bn_of(const gpu_plan *g, const mfres_model *m, const arch_bn *bn) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* convolutions on the model's weights */
+
+/* The weights a convolution reads: the float32 parameters, or their bfloat16 copy. */
+static const void *conv_weights(const gpu_plan *g, const mfres_model *m, const mfres_tensor *w) {
+    if (g->act == GK_BF16) return (char *)g->params_bf16 + (size_t)(w->data - m->params) * gk_dtype_size(GK_BF16);
+    return gpu_param(g, m, w->data);
+}
+
+int gpu_conv_fwd(gpu_plan *g, const mfres_model *m, const gpu_conv *c, void *y, const void *x, const mfres_tensor *w) {
+    return gpu_conv_forward(c, g->cudnn, y, x, conv_weights(g, m, w), g->workspace, g->workspace_bytes);
+}
+
+int gpu_conv_bwd_data(gpu_plan *g, const mfres_model *m, const gpu_conv *c, void *dx, const void *dy,
+                      const mfres_tensor *w) {
+    return gpu_conv_backward_data(c, g->cudnn, dx, dy, conv_weights(g, m, w), g->workspace, g->workspace_bytes);
+}
+
+/* cuDNN's bfloat16 convolutions give a bfloat16 weight gradient (the filter
+ * descriptor has the maps' type); the optimiser's master weights take it
+ * widened to float32, as PyTorch's autocast does. */
+int gpu_conv_bwd_weights(gpu_plan *g, const mfres_model *m, const gpu_conv *c, const mfres_tensor *w, const void *x,
+                         const void *dy) {
+    float *dw = gpu_grad(g, m, w->grad);
+    if (g->act != GK_BF16) return gpu_conv_backward_weights(c, g->cudnn, dw, x, dy, g->workspace, g->workspace_bytes);
+    int rc = gpu_conv_backward_weights(c, g->cudnn, g->wgrad_bf16, x, dy, g->workspace, g->workspace_bytes);
+    if (rc) return rc;
+    KERNEL(gk_convert(GK_F32, dw, GK_BF16, g->wgrad_bf16, (long)w->numel, g->stream));
+    return MFRES_OK;
+}
+
+/* ------------------------------------------------------------------------ */
 /* batch norm, on our kernels */
 
-int gpu_bn_forward(gpu_plan *g, const gpu_bn *bn, float *y, const float *x, long rows, float *mean, float *invstd,
+int gpu_bn_forward(gpu_plan *g, const gpu_bn *bn, void *y, const void *x, long rows, float *mean, float *invstd,
                    bool train, bool relu) {
     if (train) {
-        KERNEL(gk_bn_stats(x, rows, bn->C, g->bn_eps, g->bn_momentum, mean, invstd, bn->running_mean,
+        KERNEL(gk_bn_stats(g->act, x, rows, bn->C, g->bn_eps, g->bn_momentum, mean, invstd, bn->running_mean,
                            bn->running_var, g->partials, g->stream));
-        KERNEL(gk_bn_apply(y, x, rows, bn->C, mean, invstd, bn->gamma, bn->beta, relu, g->stream));
+        KERNEL(gk_bn_apply(g->act, y, x, rows, bn->C, mean, invstd, bn->gamma, bn->beta, relu, g->stream));
     } else {
-        KERNEL(gk_bn_apply_running(y, x, rows, bn->C, bn->running_mean, bn->running_var, g->bn_eps, bn->gamma,
+        KERNEL(gk_bn_apply_running(g->act, y, x, rows, bn->C, bn->running_mean, bn->running_var, g->bn_eps, bn->gamma,
                                    bn->beta, relu, g->stream));
     }
     return MFRES_OK;
 }
 
-int gpu_bn_backward(gpu_plan *g, const gpu_bn *bn, float *dx, const float *dy, const float *mask, const float *x,
+int gpu_bn_backward(gpu_plan *g, const gpu_bn *bn, void *dx, const void *dy, const void *mask, const void *x,
                     long rows, const float *mean, const float *invstd, const float *scale, float *dh) {
-    KERNEL(gk_bn_backward_reduce(dy, mask, x, rows, bn->C, mean, invstd, g->bn_sums, g->partials, g->stream));
+    KERNEL(gk_bn_backward_reduce(g->act, dy, mask, x, rows, bn->C, mean, invstd, g->bn_sums, g->partials, g->stream));
     KERNEL(gk_bn_backward_params(g->bn_sums, bn->C, bn->gamma, bn->beta, scale, bn->dgamma, bn->dbeta, dh,
                                  g->stream));
-    KERNEL(gk_bn_backward_data(dx, dy, mask, x, rows, bn->C, mean, invstd, bn->gamma, g->bn_sums, scale, 0,
+    KERNEL(gk_bn_backward_data(g->act, dx, dy, mask, x, rows, bn->C, mean, invstd, bn->gamma, g->bn_sums, scale, 0,
                                g->stream));
     return MFRES_OK;
 }
@@ -75,17 +106,20 @@ int gpu_bn_backward(gpu_plan *g, const gpu_bn *bn, float *dx, const float *dy, c
 /* Each buffer aligned to 256 bytes: the alignment cudaMalloc gives, which vectorised loads expect. */
 static void *take(mem_arena *a, size_t bytes) { return arena_take(a, bytes, 256); }
 
-static size_t map_bytes(int n, int c, int h, int w) { return (size_t)n * c * h * w * sizeof(float); }
+/* An activation map of the plan's type. */
+static size_t map_bytes(const gpu_plan *g, int n, int c, int h, int w) {
+    return (size_t)n * c * h * w * gk_dtype_size(g->act);
+}
 
 static void layout_arena(const mfres_model *m, gpu_plan *g, mem_arena *a) {
     const mfres_model_config *c = &m->cfg;
     const mfres_arch *ar = m->arch;
     int N = c->batch, w = ar->stem.K, n = m->blocks_per_stage;
-    g->x_nchw = take(a, map_bytes(N, c->in_c, c->in_h, c->in_w));
-    g->x_in = take(a, map_bytes(N, c->in_c, c->in_h, c->in_w));
-    g->stem_t = take(a, map_bytes(N, w, c->in_h, c->in_w));
+    g->x_nchw = take(a, (size_t)N * c->in_c * c->in_h * c->in_w * sizeof(float));
+    g->x_in = take(a, map_bytes(g, N, c->in_c, c->in_h, c->in_w));
+    g->stem_t = take(a, map_bytes(g, N, w, c->in_h, c->in_w));
     if (ar->stem_bn) {
-        g->stem_a = take(a, map_bytes(N, w, c->in_h, c->in_w));
+        g->stem_a = take(a, map_bytes(g, N, w, c->in_h, c->in_w));
         g->stem_mean = take(a, w * sizeof(float));
         g->stem_invstd = take(a, w * sizeof(float));
     }
@@ -93,12 +127,12 @@ static void layout_arena(const mfres_model *m, gpu_plan *g, mem_arena *a) {
         gpu_pos *b = &g->pos[p];
         const arch_block *s = b->shape;
         int last = s->n_conv - 1;
-        size_t out_bytes = map_bytes(N, s->c_out, s->h_out, s->w_out);
+        size_t out_bytes = map_bytes(g, N, s->c_out, s->h_out, s->w_out);
         for (int i = 0; i < s->n_conv; i++) {
             const arch_conv *cv = &s->conv[i];
-            if (s->pre) b->a[i] = take(a, map_bytes(N, cv->C, cv->H, cv->W));
-            b->t[i] = take(a, map_bytes(N, cv->K, cv->OH, cv->OW));
-            if (!s->pre && i < last) b->a[i] = take(a, map_bytes(N, cv->K, cv->OH, cv->OW));
+            if (s->pre) b->a[i] = take(a, map_bytes(g, N, cv->C, cv->H, cv->W));
+            b->t[i] = take(a, map_bytes(g, N, cv->K, cv->OH, cv->OW));
+            if (!s->pre && i < last) b->a[i] = take(a, map_bytes(g, N, cv->K, cv->OH, cv->OW));
             b->mean[i] = take(a, s->bn[i].C * sizeof(float));
             b->invstd[i] = take(a, s->bn[i].C * sizeof(float));
         }
@@ -110,7 +144,7 @@ static void layout_arena(const mfres_model *m, gpu_plan *g, mem_arena *a) {
         b->out = take(a, out_bytes);
     }
     if (ar->final_bn) {
-        g->final_a = take(a, map_bytes(N, ar->final_c, ar->final_h, ar->final_w));
+        g->final_a = take(a, map_bytes(g, N, ar->final_c, ar->final_h, ar->final_w));
         g->final_mean = take(a, ar->final_c * sizeof(float));
         g->final_invstd = take(a, ar->final_c * sizeof(float));
     }
@@ -120,7 +154,7 @@ static void layout_arena(const mfres_model *m, gpu_plan *g, mem_arena *a) {
     g->probs = take(a, (size_t)N * c->num_classes * sizeof(float));
     g->dlogits = take(a, (size_t)N * c->num_classes * sizeof(float));
     g->labels = take(a, (size_t)N * sizeof(int32_t));
-    for (int k = 0; k < GPU_SCRATCH; k++) g->scratch[k] = take(a, (size_t)N * ar->max_map_floats * sizeof(float));
+    for (int k = 0; k < GPU_SCRATCH; k++) g->scratch[k] = take(a, (size_t)N * ar->max_map_floats * gk_dtype_size(g->act));
     int max_c = ar->final_c > w ? ar->final_c : w;
     for (int i = 0; i < 3 * n; i++) {
         const arch_block *s = g->pos[i].shape;
@@ -207,8 +241,15 @@ static int upload_steps(gpu_plan *g, const mfres_model *m) {
     return MFRES_OK;
 }
 
+/* The bfloat16 copy of the parameters, after every change to them. */
+static int refresh_bf16(gpu_plan *g, const mfres_model *m) {
+    if (g->act == GK_BF16) KERNEL(gk_convert(GK_BF16, g->params_bf16, GK_F32, g->params, (long)m->n_params, g->stream));
+    return MFRES_OK;
+}
+
 int gpu_upload(gpu_plan *g, const mfres_model *m) {
     int rc = copy_param_shaped(g, m, g->params, m->params, m->params, false);
+    if (!rc) rc = refresh_bf16(g, m);
     if (rc) return rc;
     COPY(g->buffers, m->buffers, m->n_buffers * sizeof(float), cudaMemcpyHostToDevice);
     if (m->n_tau) {
@@ -273,7 +314,8 @@ static int plan_create(gpu_plan *g, const mfres_model *m) {
     CUDNN_TRY(cudnnSetStream(g->cudnn, g->stream));
     CUBLAS_TRY(cublasCreate(&g->cublas));
     CUBLAS_TRY(cublasSetStream(g->cublas, g->stream));
-    /* fp32: no tensor-core shortcuts at all; tf32: TF32 tensor cores. */
+    /* fp32: no tensor-core shortcuts at all; tf32 and bf16: TF32 tensor cores
+     * (the classifier stays float32 under bf16: it is a few thousand values). */
     CUBLAS_TRY(cublasSetMathMode(g->cublas, g->precision == MFRES_PRECISION_FP32 ? CUBLAS_PEDANTIC_MATH
                                                                                  : CUBLAS_TF32_TENSOR_OP_MATH));
 
@@ -306,6 +348,14 @@ static int plan_create(gpu_plan *g, const mfres_model *m) {
     CUDA_TRY(cudaMalloc((void **)&g->params, np * sizeof(float)));
     CUDA_TRY(cudaMalloc((void **)&g->grads, np * sizeof(float)));
     CUDA_TRY(cudaMalloc((void **)&g->buffers, (m->n_buffers ? m->n_buffers : 1) * sizeof(float)));
+    if (g->act == GK_BF16) {
+        size_t largest = 0;
+        for (int i = 0; i < m->n_tensors; i++)
+            if (is_conv_weight(&m->tensors[i]) && (size_t)m->tensors[i].numel > largest)
+                largest = (size_t)m->tensors[i].numel;
+        CUDA_TRY(cudaMalloc(&g->params_bf16, np * gk_dtype_size(GK_BF16)));
+        CUDA_TRY(cudaMalloc(&g->wgrad_bf16, (largest ? largest : 1) * gk_dtype_size(GK_BF16)));
+    }
     CUDA_TRY(cudaMemsetAsync(g->grads, 0, np * sizeof(float), g->stream));
     if (m->n_tau) {
         CUDA_TRY(cudaMalloc((void **)&g->tau, m->n_tau * sizeof(float)));
@@ -334,6 +384,7 @@ int gpu_plan_create(gpu_plan **out, const mfres_model *m, mfres_precision p) {
     if (!g) return MFRES_ENOMEM;
     memset(g, 0, sizeof *g);
     g->precision = p;
+    g->act = p == MFRES_PRECISION_BF16 ? GK_BF16 : GK_F32;
     if ((rc = plan_create(g, m))) {
         gpu_plan_free(g);
         return mfres_fail_context(rc, "building the GPU plan");
@@ -345,6 +396,8 @@ int gpu_plan_create(gpu_plan **out, const mfres_model *m, mfres_precision p) {
 size_t gpu_activation_bytes(const gpu_plan *g) {
     return g->arena_bytes + g->workspace_bytes + g->cublas_workspace_bytes;
 }
+
+size_t gpu_arena_bytes(const gpu_plan *g) { return g->arena_bytes; }
 
 void gpu_plan_free(gpu_plan *g) {
     if (!g) return;
@@ -359,7 +412,7 @@ void gpu_plan_free(gpu_plan *g) {
     void *device[] = {g->arena,  g->workspace, g->cublas_workspace, g->params,       g->grads,
                       g->buffers, g->velocity, g->tau,              g->tau_grad,     g->tau_velocity,
                       g->order,   g->images,   g->image_labels,     g->lut,          g->perm,
-                      g->oy,      g->ox,       g->flip};
+                      g->oy,      g->ox,       g->flip,             g->params_bf16,  g->wgrad_bf16};
     for (size_t i = 0; i < sizeof device / sizeof *device; i++)
         if (device[i]) cudaFree(device[i]);
     if (g->host_stage) cudaFreeHost(g->host_stage);
@@ -380,10 +433,8 @@ static int run_forward(gpu_plan *g, const mfres_model *m, bool train) {
     const mfres_arch *ar = m->arch;
     int N = g->N, K = c->num_classes, C = ar->final_c, rc;
     long stem_rows = (long)N * c->in_h * c->in_w;
-    if ((rc = gpu_conv_forward(&g->stem, g->cudnn, g->stem_t, g->x_in, gpu_param(g, m, ar->stem.w->data),
-                               g->workspace, g->workspace_bytes)))
-        return rc;
-    const float *x = g->stem_t;
+    if ((rc = gpu_conv_fwd(g, m, &g->stem, g->stem_t, g->x_in, ar->stem.w))) return rc;
+    const void *x = g->stem_t;
     if (ar->stem_bn) {
         gpu_bn bn = gpu_bn_of(g, m, &ar->stem_norm);
         if ((rc = gpu_bn_forward(g, &bn, g->stem_a, g->stem_t, stem_rows, g->stem_mean, g->stem_invstd, train, true)))
@@ -403,7 +454,7 @@ static int run_forward(gpu_plan *g, const mfres_model *m, bool train) {
             return rc;
         x = g->final_a;
     }
-    KERNEL(gk_avgpool_forward(g->pooled, x, N, HW, C, g->stream));
+    KERNEL(gk_avgpool_forward(g->act, g->pooled, x, N, HW, C, g->stream));
     /* logits (N x K, row-major) = pooled (N x C) fc_w^T (fc_w: K x C): in cuBLAS's
      * column-major terms, logits^T = fc_w^T' pooled^T with fc_w read transposed. */
     const float one = 1.0f, zero = 0.0f;
@@ -431,7 +482,7 @@ static int run_backward(gpu_plan *g, const mfres_model *m) {
     CUBLAS_TRY(cublasSgemm(g->cublas, CUBLAS_OP_N, CUBLAS_OP_N, C, N, K, &one, gpu_param(g, m, ar->fc_w->data), C,
                            g->dlogits, K, &zero, g->dpooled, C));
     int s = 0, s1, s2, spare;
-    KERNEL(gk_avgpool_backward(g->scratch[s], g->dpooled, N, HW, C, g->stream));
+    KERNEL(gk_avgpool_backward(g->act, g->scratch[s], g->dpooled, N, HW, C, g->stream));
     const gpu_pos *last = &g->pos[g->n_pos - 1];
     if (ar->final_bn) {
         arch_scratch_others(s, &s1, &s2, &spare);
@@ -443,7 +494,7 @@ static int run_backward(gpu_plan *g, const mfres_model *m) {
     }
     for (int p = g->n_pos - 1; p >= 0; p--) {
         gpu_pos *b = &g->pos[p];
-        const float *x = p > 0 ? g->pos[p - 1].out : (ar->stem_bn ? g->stem_a : g->stem_t);
+        const void *x = p > 0 ? g->pos[p - 1].out : (ar->stem_bn ? g->stem_a : g->stem_t);
         rc = b->shape->pre ? gpu_preact_backward(g, m, b, x, &s) : gpu_postact_backward(g, m, b, x, &s);
         if (rc) return rc;
     }
@@ -455,9 +506,7 @@ static int run_backward(gpu_plan *g, const mfres_model *m) {
             return rc;
         s = s1;
     }
-    if ((rc = gpu_conv_backward_weights(&g->stem, g->cudnn, gpu_grad(g, m, ar->stem.w->grad), g->x_in, g->scratch[s],
-                                        g->workspace, g->workspace_bytes)))
-        return rc;
+    if ((rc = gpu_conv_bwd_weights(g, m, &g->stem, ar->stem.w, g->x_in, g->scratch[s]))) return rc;
     if (c->mode == MFRES_MODE_MEANFIELD && m->n_tau)
         KERNEL(gk_meanfield_tau_grad(g->tau_grad, g->order, g->dh, m->particles, g->stream));
     return MFRES_OK;
@@ -484,7 +533,7 @@ int gpu_forward(gpu_plan *g, const mfres_model *m, const float *images, const in
     size_t n = (size_t)g->N * c->in_c * c->in_h * c->in_w;
     CUDA_TRY(cudaMemcpyAsync(g->x_nchw, images, n * sizeof(float), cudaMemcpyHostToDevice, g->stream));
     CUDA_TRY(cudaMemcpyAsync(g->labels, labels, g->N * sizeof(int32_t), cudaMemcpyHostToDevice, g->stream));
-    KERNEL(gk_nchw_to_nhwc(g->x_in, g->x_nchw, g->N, c->in_c, c->in_h, c->in_w, g->stream));
+    KERNEL(gk_nchw_to_nhwc(g->act, g->x_in, g->x_nchw, g->N, c->in_c, c->in_h, c->in_w, g->stream));
     int rc = run_forward(g, m, train);
     if (!rc) rc = read_step_stats(g, loss, correct);
     g->have_train_forward = train && rc == MFRES_OK;
@@ -561,6 +610,8 @@ int gpu_data_epoch(gpu_plan *g, const uint32_t *perm, const int8_t *oy, const in
 static int run_update(gpu_plan *g, const mfres_model *m) {
     KERNEL(gk_sgd(g->params, g->velocity, g->grads, (long)m->n_params, g->lr, g->momentum, g->weight_decay,
                   g->nesterov, g->stream));
+    int rc = refresh_bf16(g, m);
+    if (rc) return rc;
     if (m->cfg.mode == MFRES_MODE_MEANFIELD && m->n_tau)
         KERNEL(gk_meanfield_update(g->tau, g->tau_velocity, g->tau_grad, g->order, g->h_pos, m->particles, g->lr,
                                    g->tau_lr_mult, g->momentum, g->nesterov, g->tau_end, g->changed, g->stream));
@@ -621,7 +672,7 @@ int gpu_train_step(gpu_plan *g, mfres_model *m, long first, float lr, gpu_step_r
     int P = m->particles;
     bool stale = m->n_tau && memcmp(g->graph_order, m->order, m->n_tau * sizeof(int));
     CUDA_TRY(cudaMemcpyAsync(g->lr, &lr, sizeof lr, cudaMemcpyHostToDevice, g->stream));
-    KERNEL(gk_gather_batch(g->x_in, g->labels, g->images, g->image_labels, g->lut, g->perm, g->oy, g->ox, g->flip,
+    KERNEL(gk_gather_batch(g->act, g->x_in, g->labels, g->images, g->image_labels, g->lut, g->perm, g->oy, g->ox, g->flip,
                            first, g->N, g->n_images, g->img_c, g->img_h, g->img_w, g->stream));
     int rc = launch(g, m, &g->graph_step, stale, pass_train);
     if (rc) return rc;

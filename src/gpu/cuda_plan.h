@@ -12,7 +12,8 @@
  *                       a block of either form, forward and backward side by
  *                       side (the GPU twins of src/models/block_*.c)
  *
- * Layouts: activations NHWC; convolution weights KRSC (cuDNN's NHWC filter
+ * Layouts: activations NHWC (float32, or bfloat16 under --precision bf16);
+ * convolution weights KRSC (cuDNN's NHWC filter
  * order), converted from and to PyTorch's OIHW on upload and download; every
  * other tensor as on the host, at the same offset in the device's parameter
  * buffer as in m->params. */
@@ -57,6 +58,7 @@ int cublas_fail(cublasStatus_t s, const char *call, const char *file, int line);
 
 typedef struct gpu_conv {
     int N, C, H, W, K, R, stride, pad, groups, OH, OW;
+    gk_dtype dt; /* of the maps and the weights: bfloat16 under --precision bf16, else float32 */
     cudnnTensorDescriptor_t x_desc, y_desc;
     cudnnFilterDescriptor_t w_desc;
     cudnnConvolutionDescriptor_t conv_desc;
@@ -69,11 +71,12 @@ typedef struct gpu_conv {
 
 int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *shape, int N, mfres_precision p, bool need_bwd_data);
 void gpu_conv_free(gpu_conv *c);
-int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, float *y, const float *x, const float *w, void *ws,
+/* The three passes; every pointer is of the convolution's type c->dt. */
+int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, void *y, const void *x, const void *w, void *ws,
                      size_t ws_bytes);
-int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, float *dx, const float *dy, const float *w, void *ws,
+int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, void *dx, const void *dy, const void *w, void *ws,
                            size_t ws_bytes);
-int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, float *dw, const float *x, const float *dy,
+int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, void *dw, const void *x, const void *dy,
                               void *ws, size_t ws_bytes);
 /* "fwd implicit-precomp-gemm, bwd-data algo-1, bwd-filter algo-1": for the summary. */
 void gpu_conv_describe(const gpu_conv *c, char *buf, size_t cap);
@@ -83,15 +86,16 @@ void gpu_conv_describe(const gpu_conv *c, char *buf, size_t cap);
 enum { GPU_SCRATCH = ARCH_SCRATCH };
 
 /* One position of the network, as train_pos in cpu_plan.h: convolutions and
- * saved activations belong to positions, parameters to the block sorted there. */
+ * saved activations belong to positions, parameters to the block sorted there.
+ * Activations are of the plan's type g->act (void *), statistics float32. */
 typedef struct gpu_pos {
     const arch_block *shape;
     int stage, index;
     gpu_conv conv[ARCH_MAX_CONV], proj;
-    float *a[ARCH_MAX_CONV]; /* pre: relu(BN_i(.)), conv i's input; post: relu(BN_i(t_i)), i < last */
-    float *t[ARCH_MAX_CONV]; /* convolution outputs */
-    float *tp;               /* projection output before its batch norm */
-    float *out;              /* X at the next position */
+    void *a[ARCH_MAX_CONV]; /* pre: relu(BN_i(.)), conv i's input; post: relu(BN_i(t_i)), i < last */
+    void *t[ARCH_MAX_CONV]; /* convolution outputs */
+    void *tp;               /* projection output before its batch norm */
+    void *out;              /* X at the next position */
     float *mean[ARCH_MAX_CONV], *invstd[ARCH_MAX_CONV], *proj_mean, *proj_invstd; /* saved batch statistics */
 } gpu_pos;
 
@@ -103,6 +107,7 @@ typedef struct gpu_bn {
 
 struct gpu_plan {
     mfres_precision precision;
+    gk_dtype act; /* activations and their gradients: GK_BF16 under bf16, else GK_F32 */
     int N, n_pos, blocks_per_stage, particles;
     float bn_eps, bn_momentum;
     cudaStream_t stream;
@@ -110,6 +115,10 @@ struct gpu_plan {
     cublasHandle_t cublas;
     /* device copies of the model's buffers */
     float *params, *grads, *buffers, *velocity;
+    /* bf16 only: the parameters rounded to bfloat16 (refreshed after every
+     * upload and update), which the convolutions read; and the bfloat16 weight
+     * gradient of one convolution before it is widened into grads */
+    void *params_bf16, *wgrad_bf16;
     float *tau, *tau_grad, *tau_velocity;
     int *order;
     float *h_pos;      /* [3 n]: the step of each position (1 at stage heads and in vanilla mode) */
@@ -120,11 +129,12 @@ struct gpu_plan {
     /* layers and activations */
     gpu_conv stem;
     gpu_pos *pos;
-    float *x_nchw, *x_in, *stem_t, *stem_a, *stem_mean, *stem_invstd;
-    float *final_a, *final_mean, *final_invstd;
+    float *x_nchw;
+    void *x_in, *stem_t, *stem_a, *final_a;
+    float *stem_mean, *stem_invstd, *final_mean, *final_invstd;
     float *pooled, *dpooled, *logits, *probs, *dlogits;
     int32_t *labels;
-    float *scratch[GPU_SCRATCH];
+    void *scratch[GPU_SCRATCH];
     float *partials, *bn_sums; /* reduction scratch; per-channel sums of a batch-norm backward */
     void *workspace, *cublas_workspace;
     size_t workspace_bytes, cublas_workspace_bytes;
@@ -160,21 +170,29 @@ gpu_bn gpu_bn_of(const gpu_plan *g, const mfres_model *m, const arch_bn *bn);
 static inline const float *gpu_h_at(const gpu_plan *g, int stage, int index) {
     return g->h_pos + stage * g->blocks_per_stage + index;
 }
+/* The convolution passes on a model weight w (a host tensor): the plan reads
+ * its device twin (bfloat16 under bf16) and writes the gradient into w's
+ * float32 gradient (widened from bfloat16 under bf16). */
+int gpu_conv_fwd(gpu_plan *g, const mfres_model *m, const gpu_conv *c, void *y, const void *x, const mfres_tensor *w);
+int gpu_conv_bwd_data(gpu_plan *g, const mfres_model *m, const gpu_conv *c, void *dx, const void *dy,
+                      const mfres_tensor *w);
+int gpu_conv_bwd_weights(gpu_plan *g, const mfres_model *m, const gpu_conv *c, const mfres_tensor *w, const void *x,
+                         const void *dy);
 /* Batch norm, training (batch statistics, saved) or inference (running). */
-int gpu_bn_forward(gpu_plan *g, const gpu_bn *bn, float *y, const float *x, long rows, float *mean, float *invstd,
+int gpu_bn_forward(gpu_plan *g, const gpu_bn *bn, void *y, const void *x, long rows, float *mean, float *invstd,
                    bool train, bool relu);
 /* Backward of y = [relu](BN(x)) from dy into dx; mask: y (relu) or NULL.
  * scale: device pointer multiplying the incoming gradient, or NULL; dh: where
  * to write dE/d(scale), or NULL. */
-int gpu_bn_backward(gpu_plan *g, const gpu_bn *bn, float *dx, const float *dy, const float *mask, const float *x,
+int gpu_bn_backward(gpu_plan *g, const gpu_bn *bn, void *dx, const void *dy, const void *mask, const void *x,
                     long rows, const float *mean, const float *invstd, const float *scale, float *dh);
 
 /* Block forms (cuda_block_postact.c, cuda_block_preact.c): forward on x, and
  * backward, which takes dE/d(out) in scratch[*g] and leaves dE/dx there,
  * writing the block's parameter gradients and dE/dh of the position. */
-int gpu_postact_forward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const float *x, bool train);
-int gpu_postact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const float *x, int *s);
-int gpu_preact_forward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const float *x, bool train);
-int gpu_preact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const float *x, int *s);
+int gpu_postact_forward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const void *x, bool train);
+int gpu_postact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const void *x, int *s);
+int gpu_preact_forward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const void *x, bool train);
+int gpu_preact_backward(gpu_plan *g, const mfres_model *m, gpu_pos *b, const void *x, int *s);
 
 #endif

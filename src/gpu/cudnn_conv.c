@@ -25,8 +25,11 @@
 
 static cudnnMathType_t math_of(mfres_precision p) {
     /* CUDNN_DEFAULT_MATH lets Ampere and later GPUs use TF32 for float
-     * convolutions: fp32 must forbid it explicitly. */
-    return p == MFRES_PRECISION_FP32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+     * convolutions: fp32 must forbid it explicitly. bf16 data runs on the
+     * tensor cores as it is, with float sums (the descriptor's compute type). */
+    return p == MFRES_PRECISION_FP32   ? CUDNN_FMA_MATH
+           : p == MFRES_PRECISION_BF16 ? CUDNN_TENSOR_OP_MATH
+                                       : CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
 }
 
 static bool math_ok(cudnnMathType_t algo_math, mfres_precision p) {
@@ -38,13 +41,16 @@ int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres
     memset(c, 0, sizeof *c);
     c->N = N, c->C = s->C, c->H = s->H, c->W = s->W, c->K = s->K, c->R = s->R, c->stride = s->stride;
     c->pad = s->pad, c->groups = s->groups, c->OH = s->OH, c->OW = s->OW, c->need_bwd_data = need_bwd_data;
+    c->dt = p == MFRES_PRECISION_BF16 ? GK_BF16 : GK_F32;
+    /* Maps and weights in the data type; products summed in float always. */
+    cudnnDataType_t data = c->dt == GK_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
     CUDNN_TRY(cudnnCreateTensorDescriptor(&c->x_desc));
     CUDNN_TRY(cudnnCreateTensorDescriptor(&c->y_desc));
     CUDNN_TRY(cudnnCreateFilterDescriptor(&c->w_desc));
     CUDNN_TRY(cudnnCreateConvolutionDescriptor(&c->conv_desc));
-    CUDNN_TRY(cudnnSetTensor4dDescriptor(c->x_desc, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, N, c->C, c->H, c->W));
-    CUDNN_TRY(cudnnSetTensor4dDescriptor(c->y_desc, CUDNN_TENSOR_NHWC, CUDNN_DATA_FLOAT, N, c->K, c->OH, c->OW));
-    CUDNN_TRY(cudnnSetFilter4dDescriptor(c->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NHWC, c->K, c->C / c->groups,
+    CUDNN_TRY(cudnnSetTensor4dDescriptor(c->x_desc, CUDNN_TENSOR_NHWC, data, N, c->C, c->H, c->W));
+    CUDNN_TRY(cudnnSetTensor4dDescriptor(c->y_desc, CUDNN_TENSOR_NHWC, data, N, c->K, c->OH, c->OW));
+    CUDNN_TRY(cudnnSetFilter4dDescriptor(c->w_desc, data, CUDNN_TENSOR_NHWC, c->K, c->C / c->groups,
                                          c->R, c->R));
     CUDNN_TRY(cudnnSetConvolution2dDescriptor(c->conv_desc, c->pad, c->pad, c->stride, c->stride, 1, 1,
                                               CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
@@ -122,8 +128,9 @@ int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres
     return MFRES_OK;
 unsupported:
     return mfres_fail(MFRES_EBACKEND, "cuDNN %zu offers no deterministic algorithm for the %dx%d convolution %d->%d "
-                      "channels (groups %d, stride %d) on %dx%d maps, NHWC float",
-                      cudnnGetVersion(), c->R, c->R, c->C, c->K, c->groups, c->stride, c->H, c->W);
+                      "channels (groups %d, stride %d) on %dx%d maps, NHWC %s",
+                      cudnnGetVersion(), c->R, c->R, c->C, c->K, c->groups, c->stride, c->H, c->W,
+                      c->dt == GK_BF16 ? "bfloat16" : "float");
 }
 
 void gpu_conv_free(gpu_conv *c) {
@@ -134,7 +141,7 @@ void gpu_conv_free(gpu_conv *c) {
     memset(c, 0, sizeof *c);
 }
 
-int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, float *y, const float *x, const float *w, void *ws,
+int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, void *y, const void *x, const void *w, void *ws,
                      size_t ws_bytes) {
     const float one = 1.0f, zero = 0.0f;
     CUDNN_TRY(cudnnConvolutionForward(h, &one, c->x_desc, x, c->w_desc, w, c->conv_desc, c->fwd, ws, ws_bytes, &zero,
@@ -142,7 +149,7 @@ int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, float *y, const float *
     return MFRES_OK;
 }
 
-int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, float *dx, const float *dy, const float *w, void *ws,
+int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, void *dx, const void *dy, const void *w, void *ws,
                            size_t ws_bytes) {
     const float one = 1.0f, zero = 0.0f;
     CUDNN_TRY(cudnnConvolutionBackwardData(h, &one, c->w_desc, w, c->y_desc, dy, c->conv_desc, c->bwd_data, ws,
@@ -150,7 +157,7 @@ int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, float *dx, const 
     return MFRES_OK;
 }
 
-int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, float *dw, const float *x, const float *dy,
+int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, void *dw, const void *x, const void *dy,
                               void *ws, size_t ws_bytes) {
     const float one = 1.0f, zero = 0.0f;
     CUDNN_TRY(cudnnConvolutionBackwardFilter(h, &one, c->x_desc, x, c->y_desc, dy, c->conv_desc, c->bwd_filter, ws,

@@ -35,6 +35,8 @@ int gpu_plan_create(gpu_plan **out, const mfres_model *m, mfres_precision p);
 void gpu_plan_free(gpu_plan *g);
 /* Device memory of activations, scratch and workspaces, for the summary. */
 size_t gpu_activation_bytes(const gpu_plan *g);
+/* Of which the activation arena (maps, statistics, scratch): the part the precision sizes. */
+size_t gpu_arena_bytes(const gpu_plan *g);
 int gpu_upload(gpu_plan *g, const mfres_model *m);
 /* Parameters, running statistics, tau, order and h into m's host buffers;
  * with grads, also the gradients and tau gradients of the last backward. */

@@ -25,6 +25,18 @@
  * access it serves; they are templates on the index type and run in 32 bits
  * whenever the arrays fit (every map of Table 1 does), 64 bits otherwise.
  *
+ * Element types. Activations and their gradients are float32, or bfloat16
+ * under --precision bf16 (kernels.h's gk_dtype): the kernels that touch them
+ * are templates on the element type T as well (float or __nv_bfloat16), read
+ * each element as a float (to_f32), compute in float32, and round once on
+ * storing (from_f32: __float2bfloat16_rn, to nearest, ties to even). For T =
+ * float both are plain loads and stores, so a float32 map gets the arithmetic,
+ * in the order, that it got before bfloat16 existed: the same bits. Whatever
+ * T, reductions accumulate in float (double across chunks), and parameters,
+ * batch statistics, the head and Algorithm 1 stay float32. A copy between
+ * maps of one type (shortcut A forward, gk_convert to the same type) moves
+ * the elements unchanged.
+ *
  * SGD rounds exactly as the CPU's mfres_sgd_update (built as ISO C11, where
  * GCC contracts no a*b+c into an FMA): __fmul_rn and __fadd_rn are never
  * fused by nvcc, so the GPU's tau after a step is the CPU's, bit for bit, and
@@ -34,7 +46,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 namespace {
 
@@ -115,6 +130,42 @@ int invalid(void) { return (int)cudaErrorInvalidValue; }
             kernel<uint64_t><<<ew_blocks(n), EW_THREADS, 0, (s)>>>((uint64_t)(n), __VA_ARGS__);                        \
         return last_error();                                                                                           \
     } while (0)
+/* The same for a kernel on an element type: kernel<uint32_t, T> or kernel<uint64_t, T>. */
+#define EW_LAUNCH_T(kernel, T, n, span, s, ...)                                                                        \
+    do {                                                                                                               \
+        if ((n) <= 0) return 0;                                                                                        \
+        if (fits32(span))                                                                                              \
+            kernel<uint32_t, T><<<ew_blocks(n), EW_THREADS, 0, (s)>>>((uint32_t)(n), __VA_ARGS__);                     \
+        else                                                                                                           \
+            kernel<uint64_t, T><<<ew_blocks(n), EW_THREADS, 0, (s)>>>((uint64_t)(n), __VA_ARGS__);                     \
+        return last_error();                                                                                           \
+    } while (0)
+
+/* ---- element types ------------------------------------------------------------ */
+
+using bf16 = __nv_bfloat16;
+
+/* f(type_tag<T>{}) with T the element type that t names (float, bf16), so
+ * that an entry point casts its `void *` maps to T * and launches the kernels
+ * for T; an unknown t is cudaErrorInvalidValue. */
+template <typename T> struct type_tag {
+    using type = T;
+};
+template <typename F> int with_dtype(gk_dtype t, F f) {
+    switch (t) {
+    case GK_F32: return f(type_tag<float>{});
+    case GK_BF16: return f(type_tag<bf16>{});
+    }
+    return invalid();
+}
+
+/* An element as float, and a float as an element: bfloat16 rounded to
+ * nearest, ties to even (what gk_bf16_from_float restates on the host). */
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float v) { return __float2bfloat16_rn(v); }
 
 #define GRID_STRIDE(I, i, n)                                                                                           \
     for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (I)gridDim.x * blockDim.x)
@@ -140,15 +191,16 @@ __device__ __forceinline__ void chan_merge(T &n, T &m, T &m2, T nb, T mb, T m2b)
 
 /* Block (channel block x, chunk y): partials[y * 2C + c] = the chunk's mean of
  * channel c, partials[y * 2C + C + c] = its M2. */
+template <typename T>
 __global__ void __launch_bounds__(RED_THREADS)
-    k_bn_stats_partial(const float *__restrict__ x, long rows, int C, long rpc, float *__restrict__ partials) {
+    k_bn_stats_partial(const T *__restrict__ x, long rows, int C, long rpc, float *__restrict__ partials) {
     const int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * RED_X + tx;
     const long r0 = (long)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
     float n = 0.0f, m = 0.0f, m2 = 0.0f;
     if (c < C) {
 #pragma unroll 4
         for (long r = r0 + ty; r < r1; r += RED_Y) {
-            float v = x[r * C + c];
+            float v = to_f32(x[r * C + c]);
             n += 1.0f;
             float d = v - m;
             m += d / n;
@@ -189,48 +241,48 @@ __global__ void k_bn_stats_final(const float *__restrict__ partials, int chunks,
 
 /* ---- batch norm: element-wise -------------------------------------------------- */
 
-template <typename I>
-__global__ void k_bn_apply(I n, float *y, const float *x, int C, const float *mean, const float *invstd,
-                           const float *gamma, const float *beta, int relu) {
+template <typename I, typename T>
+__global__ void k_bn_apply(I n, T *y, const T *x, int C, const float *mean, const float *invstd, const float *gamma,
+                           const float *beta, int relu) {
     GRID_STRIDE(I, i, n) {
         int c = (int)(i % (I)C);
-        float v = gamma[c] * ((x[i] - mean[c]) * invstd[c]) + beta[c];
-        y[i] = relu ? relu_keep_nan(v) : v;
+        float v = gamma[c] * ((to_f32(x[i]) - mean[c]) * invstd[c]) + beta[c];
+        y[i] = from_f32<T>(relu ? relu_keep_nan(v) : v);
     }
 }
 
-template <typename I>
-__global__ void k_bn_apply_running(I n, float *y, const float *x, int C, const float *rmean, const float *rvar,
-                                   float eps, const float *gamma, const float *beta, int relu) {
+template <typename I, typename T>
+__global__ void k_bn_apply_running(I n, T *y, const T *x, int C, const float *rmean, const float *rvar, float eps,
+                                   const float *gamma, const float *beta, int relu) {
     GRID_STRIDE(I, i, n) {
         int c = (int)(i % (I)C);
         float rs = 1.0f / sqrtf(rvar[c] + eps);
-        float v = gamma[c] * ((x[i] - rmean[c]) * rs) + beta[c];
-        y[i] = relu ? relu_keep_nan(v) : v;
+        float v = gamma[c] * ((to_f32(x[i]) - rmean[c]) * rs) + beta[c];
+        y[i] = from_f32<T>(relu ? relu_keep_nan(v) : v);
     }
 }
 
-template <typename I>
-__global__ void k_bn_residual_relu(I n, float *out, const float *shortcut, const float *t, int C, const float *mean,
+template <typename I, typename T>
+__global__ void k_bn_residual_relu(I n, T *out, const T *shortcut, const T *t, int C, const float *mean,
                                    const float *invstd, const float *gamma, const float *beta, const float *h) {
     const float hv = *h;
     GRID_STRIDE(I, i, n) {
         int c = (int)(i % (I)C);
-        float b = gamma[c] * ((t[i] - mean[c]) * invstd[c]) + beta[c];
-        out[i] = relu_keep_nan(shortcut[i] + hv * b);
+        float b = gamma[c] * ((to_f32(t[i]) - mean[c]) * invstd[c]) + beta[c];
+        out[i] = from_f32<T>(relu_keep_nan(to_f32(shortcut[i]) + hv * b));
     }
 }
 
-template <typename I>
-__global__ void k_bn_residual_relu_running(I n, float *out, const float *shortcut, const float *t, int C,
-                                           const float *rmean, const float *rvar, float eps, const float *gamma,
-                                           const float *beta, const float *h) {
+template <typename I, typename T>
+__global__ void k_bn_residual_relu_running(I n, T *out, const T *shortcut, const T *t, int C, const float *rmean,
+                                           const float *rvar, float eps, const float *gamma, const float *beta,
+                                           const float *h) {
     const float hv = *h;
     GRID_STRIDE(I, i, n) {
         int c = (int)(i % (I)C);
         float rs = 1.0f / sqrtf(rvar[c] + eps);
-        float b = gamma[c] * ((t[i] - rmean[c]) * rs) + beta[c];
-        out[i] = relu_keep_nan(shortcut[i] + hv * b);
+        float b = gamma[c] * ((to_f32(t[i]) - rmean[c]) * rs) + beta[c];
+        out[i] = from_f32<T>(relu_keep_nan(to_f32(shortcut[i]) + hv * b));
     }
 }
 
@@ -238,9 +290,10 @@ __global__ void k_bn_residual_relu_running(I n, float *out, const float *shortcu
 
 /* partials[y * 2C + c] = the chunk's sum of dy', partials[y * 2C + C + c] =
  * its sum of dy' (x - mean) (invstd is applied once, in the final kernel). */
+template <typename T>
 __global__ void __launch_bounds__(RED_THREADS)
-    k_bn_backward_partial(const float *__restrict__ dy, const float *__restrict__ mask, const float *__restrict__ x,
-                          long rows, int C, long rpc, const float *__restrict__ mean, float *__restrict__ partials) {
+    k_bn_backward_partial(const T *__restrict__ dy, const T *__restrict__ mask, const T *__restrict__ x, long rows,
+                          int C, long rpc, const float *__restrict__ mean, float *__restrict__ partials) {
     const int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * RED_X + tx;
     const long r0 = (long)blockIdx.y * rpc, r1 = r0 + rpc < rows ? r0 + rpc : rows;
     float s1 = 0.0f, s2 = 0.0f;
@@ -249,10 +302,10 @@ __global__ void __launch_bounds__(RED_THREADS)
 #pragma unroll 4
         for (long r = r0 + ty; r < r1; r += RED_Y) {
             long i = r * C + c;
-            float g = dy[i];
-            if (mask && !(mask[i] > 0.0f)) g = 0.0f;
+            float g = to_f32(dy[i]);
+            if (mask && !(to_f32(mask[i]) > 0.0f)) g = 0.0f;
             s1 += g;
-            s2 += g * (x[i] - mu);
+            s2 += g * (to_f32(x[i]) - mu);
         }
     }
     __shared__ float a[RED_Y][RED_X], b[RED_Y][RED_X];
@@ -294,43 +347,43 @@ __global__ void k_bn_backward_params(const float *sums, int C, const float *gamm
     }
 }
 
-template <typename I>
-__global__ void k_bn_backward_data(I n, float *dx, const float *dy, const float *mask, const float *x, int C,
-                                   const float *mean, const float *invstd, const float *gamma, const float *sums,
-                                   const float *scale_ptr, float inv_rows, int accumulate) {
+template <typename I, typename T>
+__global__ void k_bn_backward_data(I n, T *dx, const T *dy, const T *mask, const T *x, int C, const float *mean,
+                                   const float *invstd, const float *gamma, const float *sums, const float *scale_ptr,
+                                   float inv_rows, int accumulate) {
     const float scale = scale_ptr ? *scale_ptr : 1.0f;
     GRID_STRIDE(I, i, n) {
         int c = (int)(i % (I)C);
-        float g = dy[i];
-        if (mask && !(mask[i] > 0.0f)) g = 0.0f;
-        float is = invstd[c], xhat = (x[i] - mean[c]) * is;
+        float g = to_f32(dy[i]);
+        if (mask && !(to_f32(mask[i]) > 0.0f)) g = 0.0f;
+        float is = invstd[c], xhat = (to_f32(x[i]) - mean[c]) * is;
         float v = scale * gamma[c] * is * (g - sums[c] * inv_rows - xhat * (sums[C + c] * inv_rows));
-        dx[i] = accumulate ? dx[i] + v : v;
+        dx[i] = from_f32<T>(accumulate ? to_f32(dx[i]) + v : v);
     }
 }
 
 /* ---- element-wise ------------------------------------------------------------------ */
 
-template <typename I>
-__global__ void k_relu_mask(I n, float *g, const float *mask) {
-    GRID_STRIDE(I, i, n) if (!(mask[i] > 0.0f)) g[i] = 0.0f;
+template <typename I, typename T>
+__global__ void k_relu_mask(I n, T *g, const T *mask) {
+    GRID_STRIDE(I, i, n) if (!(to_f32(mask[i]) > 0.0f)) g[i] = from_f32<T>(0.0f);
 }
 
-template <typename I>
-__global__ void k_add(I n, float *y, const float *x) {
-    GRID_STRIDE(I, i, n) y[i] += x[i];
+template <typename I, typename T>
+__global__ void k_add(I n, T *y, const T *x) {
+    GRID_STRIDE(I, i, n) y[i] = from_f32<T>(to_f32(y[i]) + to_f32(x[i]));
 }
 
-template <typename I>
-__global__ void k_scale(I n, float *y, const float *scale) {
+template <typename I, typename T>
+__global__ void k_scale(I n, T *y, const float *scale) {
     const float sc = *scale;
-    GRID_STRIDE(I, i, n) y[i] *= sc;
+    GRID_STRIDE(I, i, n) y[i] = from_f32<T>(to_f32(y[i]) * sc);
 }
 
-template <typename I>
-__global__ void k_residual(I n, float *out, const float *shortcut, const float *t, const float *h) {
+template <typename I, typename T>
+__global__ void k_residual(I n, T *out, const T *shortcut, const T *t, const float *h) {
     const float hv = *h;
-    GRID_STRIDE(I, i, n) out[i] = shortcut[i] + hv * t[i];
+    GRID_STRIDE(I, i, n) out[i] = from_f32<T>(to_f32(shortcut[i]) + hv * to_f32(t[i]));
 }
 
 /* partials[block] = the block's sum of a[i] b[i] (a fixed tree in shared memory). */
@@ -358,44 +411,45 @@ __global__ void k_dot_final(const float *partials, int blocks, float *dot) {
 /* ---- shortcuts and pooling -------------------------------------------------------- */
 
 /* n = N * OH * OW * 2C output elements. */
-template <typename I>
-__global__ void k_shortcut_a_forward(I n, float *out, const float *x, int H, int W, int C) {
+template <typename I, typename T>
+__global__ void k_shortcut_a_forward(I n, T *out, const T *x, int H, int W, int C) {
     const I C2 = 2 * (I)C, OH = (I)(H / 2), OW = (I)(W / 2);
     const int lo = C / 2;
     GRID_STRIDE(I, i, n) {
         I k = i % C2, p = i / C2, ox = p % OW, q = p / OW, oy = q % OH, b = q / OH;
         int c = (int)k - lo;
-        out[i] = (c >= 0 && c < C) ? x[((b * (I)H + 2 * oy) * (I)W + 2 * ox) * (I)C + (I)c] : 0.0f;
+        out[i] = (c >= 0 && c < C) ? x[((b * (I)H + 2 * oy) * (I)W + 2 * ox) * (I)C + (I)c] : from_f32<T>(0.0f);
     }
 }
 
 /* n = N * OH * OW * C: the output elements that came from x. */
-template <typename I>
-__global__ void k_shortcut_a_backward_add(I n, float *dx, const float *dout, int H, int W, int C) {
+template <typename I, typename T>
+__global__ void k_shortcut_a_backward_add(I n, T *dx, const T *dout, int H, int W, int C) {
     const I OH = (I)(H / 2), OW = (I)(W / 2), lo = (I)(C / 2);
     GRID_STRIDE(I, i, n) {
         I c = i % (I)C, p = i / (I)C, ox = p % OW, q = p / OW, oy = q % OH, b = q / OH;
-        dx[((b * (I)H + 2 * oy) * (I)W + 2 * ox) * (I)C + c] += dout[p * 2 * (I)C + lo + c];
+        T &d = dx[((b * (I)H + 2 * oy) * (I)W + 2 * ox) * (I)C + c];
+        d = from_f32<T>(to_f32(d) + to_f32(dout[p * 2 * (I)C + lo + c]));
     }
 }
 
 /* n = N * C; threads on consecutive channels read consecutive addresses. */
-template <typename I>
-__global__ void k_avgpool_forward(I n, float *pooled, const float *x, int HW, int C) {
+template <typename I, typename T>
+__global__ void k_avgpool_forward(I n, float *pooled, const T *x, int HW, int C) {
     GRID_STRIDE(I, i, n) {
         I c = i % (I)C, b = i / (I)C;
-        const float *px = x + b * (I)HW * (I)C + c;
+        const T *px = x + b * (I)HW * (I)C + c;
         float s = 0.0f;
-        for (int p = 0; p < HW; p++) s += px[(I)p * (I)C];
+        for (int p = 0; p < HW; p++) s += to_f32(px[(I)p * (I)C]);
         pooled[i] = s / (float)HW;
     }
 }
 
-template <typename I>
-__global__ void k_avgpool_backward(I n, float *dx, const float *dpooled, int HW, int C) {
+template <typename I, typename T>
+__global__ void k_avgpool_backward(I n, T *dx, const float *dpooled, int HW, int C) {
     GRID_STRIDE(I, i, n) {
         I c = i % (I)C, b = i / ((I)HW * (I)C);
-        dx[i] = dpooled[b * (I)C + c] / (float)HW;
+        dx[i] = from_f32<T>(dpooled[b * (I)C + c] / (float)HW);
     }
 }
 
@@ -556,8 +610,8 @@ __global__ void k_meanfield_update(float *tau, float *tau_velocity, const float 
 
 /* n = batch * H * W * C destination elements; prepare_image of
  * src/data/loader.c, element by element. */
-template <typename I>
-__global__ void k_gather_batch(I n, float *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
+template <typename I, typename T>
+__global__ void k_gather_batch(I n, T *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
                                const float *lut, const uint32_t *perm, const int8_t *oy, const int8_t *ox,
                                const uint8_t *flip, long first, int batch, long n_total, int C, int H, int W) {
     GRID_STRIDE(I, i, n) {
@@ -575,7 +629,7 @@ __global__ void k_gather_batch(I n, float *dst, int32_t *labels, const uint8_t *
             else
                 v = t[images[((size_t)perm[pos] * C + (size_t)c) * H * W + (size_t)sy * W + sx]];
         }
-        dst[i] = v;
+        dst[i] = from_f32<T>(v);
     }
     for (long k = (long)blockIdx.x * blockDim.x + threadIdx.x; k < batch; k += (long)gridDim.x * blockDim.x) {
         const long pos = first + k;
@@ -583,23 +637,36 @@ __global__ void k_gather_batch(I n, float *dst, int32_t *labels, const uint8_t *
     }
 }
 
-template <typename I>
-__global__ void k_nchw_to_nhwc(I n, float *dst, const float *src, int C, int H, int W) {
+/* float32 NCHW -> NHWC of type T, and back. */
+template <typename I, typename T>
+__global__ void k_nchw_to_nhwc(I n, T *dst, const float *src, int C, int H, int W) {
     GRID_STRIDE(I, i, n) {
         I c = i % (I)C, q = i / (I)C, x = q % (I)W;
         q /= (I)W;
         I y = q % (I)H, b = q / (I)H;
-        dst[i] = src[((b * (I)C + c) * (I)H + y) * (I)W + x];
+        dst[i] = from_f32<T>(src[((b * (I)C + c) * (I)H + y) * (I)W + x]);
     }
 }
 
-template <typename I>
-__global__ void k_nhwc_to_nchw(I n, float *dst, const float *src, int C, int H, int W) {
+template <typename I, typename T>
+__global__ void k_nhwc_to_nchw(I n, float *dst, const T *src, int C, int H, int W) {
     GRID_STRIDE(I, i, n) {
         I x = i % (I)W, q = i / (I)W, y = q % (I)H;
         q /= (I)H;
         I c = q % (I)C, b = q / (I)C;
-        dst[i] = src[((b * (I)H + y) * (I)W + x) * (I)C + c];
+        dst[i] = to_f32(src[((b * (I)H + y) * (I)W + x) * (I)C + c]);
+    }
+}
+
+/* dst[i] = src[i] as a D: rounded once from bfloat16's float, or unchanged
+ * between arrays of one type (a bfloat16 NaN keeps its bits). */
+template <typename I, typename D, typename S>
+__global__ void k_convert(I n, D *dst, const S *src) {
+    GRID_STRIDE(I, i, n) {
+        if constexpr (std::is_same<D, S>::value)
+            dst[i] = src[i];
+        else
+            dst[i] = from_f32<D>(to_f32(src[i]));
     }
 }
 
@@ -614,61 +681,99 @@ size_t gk_partials_floats(int C) {
     return 2 * c * (size_t)red_max_chunks(C) + DOT_BLOCKS;
 }
 
-int gk_bn_stats(const float *x, long rows, int C, float eps, float momentum, float *mean, float *invstd,
+/* Each entry point on activations runs its body for T, the element type
+ * that its gk_dtype names (with_dtype: an unknown one is
+ * cudaErrorInvalidValue before anything else is looked at). */
+
+int gk_convert(gk_dtype dst_t, void *dst, gk_dtype src_t, const void *src, long n, cudaStream_t s) {
+    return with_dtype(dst_t, [&](auto dtag) {
+        using D = typename decltype(dtag)::type;
+        return with_dtype(src_t, [&](auto stag) {
+            using S = typename decltype(stag)::type;
+            if (n < 0) return invalid();
+            EW_LAUNCH_T(k_convert, D, n, n, s, (D *)dst, (const S *)src); /* S from the argument */
+        });
+    });
+}
+
+int gk_bn_stats(gk_dtype t, const void *x, long rows, int C, float eps, float momentum, float *mean, float *invstd,
                 float *running_mean, float *running_var, float *partials, cudaStream_t s) {
-    if (rows <= 0 || C <= 0) return invalid();
-    const int chunks = red_chunks(rows, C);
-    const long rpc = ceil_div(rows, chunks);
-    k_bn_stats_partial<<<dim3((unsigned)ceil_div(C, RED_X), (unsigned)chunks), dim3(RED_X, RED_Y), 0, s>>>(
-        x, rows, C, rpc, partials);
-    int e = last_error();
-    if (e) return e;
-    k_bn_stats_final<<<(unsigned)ceil_div(C, FINAL_THREADS), FINAL_THREADS, 0, s>>>(
-        partials, chunks, rows, rpc, C, eps, momentum, mean, invstd, running_mean, running_var);
-    return last_error();
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (rows <= 0 || C <= 0) return invalid();
+        const int chunks = red_chunks(rows, C);
+        const long rpc = ceil_div(rows, chunks);
+        k_bn_stats_partial<T><<<dim3((unsigned)ceil_div(C, RED_X), (unsigned)chunks), dim3(RED_X, RED_Y), 0, s>>>(
+            (const T *)x, rows, C, rpc, partials);
+        int e = last_error();
+        if (e) return e;
+        k_bn_stats_final<<<(unsigned)ceil_div(C, FINAL_THREADS), FINAL_THREADS, 0, s>>>(
+            partials, chunks, rows, rpc, C, eps, momentum, mean, invstd, running_mean, running_var);
+        return last_error();
+    });
 }
 
-int gk_bn_apply(float *y, const float *x, long rows, int C, const float *mean, const float *invstd, const float *gamma,
-                const float *beta, int relu, cudaStream_t s) {
-    if (C <= 0) return rows <= 0 ? 0 : invalid();
-    const long n = rows * C;
-    EW_LAUNCH(k_bn_apply, n, n, s, y, x, C, mean, invstd, gamma, beta, relu);
+int gk_bn_apply(gk_dtype t, void *y, const void *x, long rows, int C, const float *mean, const float *invstd,
+                const float *gamma, const float *beta, int relu, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (C <= 0) return rows <= 0 ? 0 : invalid();
+        const long n = rows * C;
+        EW_LAUNCH_T(k_bn_apply, T, n, n, s, (T *)y, (const T *)x, C, mean, invstd, gamma, beta, relu);
+    });
 }
 
-int gk_bn_apply_running(float *y, const float *x, long rows, int C, const float *running_mean, const float *running_var,
-                        float eps, const float *gamma, const float *beta, int relu, cudaStream_t s) {
-    if (C <= 0) return rows <= 0 ? 0 : invalid();
-    const long n = rows * C;
-    EW_LAUNCH(k_bn_apply_running, n, n, s, y, x, C, running_mean, running_var, eps, gamma, beta, relu);
+int gk_bn_apply_running(gk_dtype t, void *y, const void *x, long rows, int C, const float *running_mean,
+                        const float *running_var, float eps, const float *gamma, const float *beta, int relu,
+                        cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (C <= 0) return rows <= 0 ? 0 : invalid();
+        const long n = rows * C;
+        EW_LAUNCH_T(k_bn_apply_running, T, n, n, s, (T *)y, (const T *)x, C, running_mean, running_var, eps, gamma,
+                    beta, relu);
+    });
 }
 
-int gk_bn_residual_relu(float *out, const float *shortcut, const float *t, long rows, int C, const float *mean,
-                        const float *invstd, const float *gamma, const float *beta, const float *h, cudaStream_t s) {
-    if (C <= 0) return rows <= 0 ? 0 : invalid();
-    const long n = rows * C;
-    EW_LAUNCH(k_bn_residual_relu, n, n, s, out, shortcut, t, C, mean, invstd, gamma, beta, h);
+int gk_bn_residual_relu(gk_dtype dt, void *out, const void *shortcut, const void *t, long rows, int C,
+                        const float *mean, const float *invstd, const float *gamma, const float *beta, const float *h,
+                        cudaStream_t s) {
+    return with_dtype(dt, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (C <= 0) return rows <= 0 ? 0 : invalid();
+        const long n = rows * C;
+        EW_LAUNCH_T(k_bn_residual_relu, T, n, n, s, (T *)out, (const T *)shortcut, (const T *)t, C, mean, invstd,
+                    gamma, beta, h);
+    });
 }
 
-int gk_bn_residual_relu_running(float *out, const float *shortcut, const float *t, long rows, int C,
+int gk_bn_residual_relu_running(gk_dtype dt, void *out, const void *shortcut, const void *t, long rows, int C,
                                 const float *running_mean, const float *running_var, float eps, const float *gamma,
                                 const float *beta, const float *h, cudaStream_t s) {
-    if (C <= 0) return rows <= 0 ? 0 : invalid();
-    const long n = rows * C;
-    EW_LAUNCH(k_bn_residual_relu_running, n, n, s, out, shortcut, t, C, running_mean, running_var, eps, gamma, beta, h);
+    return with_dtype(dt, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (C <= 0) return rows <= 0 ? 0 : invalid();
+        const long n = rows * C;
+        EW_LAUNCH_T(k_bn_residual_relu_running, T, n, n, s, (T *)out, (const T *)shortcut, (const T *)t, C,
+                    running_mean, running_var, eps, gamma, beta, h);
+    });
 }
 
-int gk_bn_backward_reduce(const float *dy, const float *mask, const float *x, long rows, int C, const float *mean,
-                          const float *invstd, float *sums, float *partials, cudaStream_t s) {
-    if (rows < 0 || C <= 0) return invalid();
-    const int chunks = red_chunks(rows, C);
-    const long rpc = ceil_div(rows > 0 ? rows : 1, chunks);
-    k_bn_backward_partial<<<dim3((unsigned)ceil_div(C, RED_X), (unsigned)chunks), dim3(RED_X, RED_Y), 0, s>>>(
-        dy, mask, x, rows, C, rpc, mean, partials);
-    int e = last_error();
-    if (e) return e;
-    k_bn_backward_final<<<(unsigned)ceil_div(C, FINAL_THREADS), FINAL_THREADS, 0, s>>>(partials, chunks, C, invstd,
-                                                                                       sums);
-    return last_error();
+int gk_bn_backward_reduce(gk_dtype t, const void *dy, const void *mask, const void *x, long rows, int C,
+                          const float *mean, const float *invstd, float *sums, float *partials, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (rows < 0 || C <= 0) return invalid();
+        const int chunks = red_chunks(rows, C);
+        const long rpc = ceil_div(rows > 0 ? rows : 1, chunks);
+        k_bn_backward_partial<T><<<dim3((unsigned)ceil_div(C, RED_X), (unsigned)chunks), dim3(RED_X, RED_Y), 0, s>>>(
+            (const T *)dy, (const T *)mask, (const T *)x, rows, C, rpc, mean, partials);
+        int e = last_error();
+        if (e) return e;
+        k_bn_backward_final<<<(unsigned)ceil_div(C, FINAL_THREADS), FINAL_THREADS, 0, s>>>(partials, chunks, C,
+                                                                                           invstd, sums);
+        return last_error();
+    });
 }
 
 int gk_bn_backward_params(const float *sums, int C, const float *gamma, const float *beta, const float *scale_ptr,
@@ -679,24 +784,45 @@ int gk_bn_backward_params(const float *sums, int C, const float *gamma, const fl
     return last_error();
 }
 
-int gk_bn_backward_data(float *dx, const float *dy, const float *mask, const float *x, long rows, int C,
+int gk_bn_backward_data(gk_dtype t, void *dx, const void *dy, const void *mask, const void *x, long rows, int C,
                         const float *mean, const float *invstd, const float *gamma, const float *sums,
                         const float *scale_ptr, int accumulate, cudaStream_t s) {
-    if (C <= 0) return rows <= 0 ? 0 : invalid();
-    const long n = rows * C;
-    const float inv_rows = rows > 0 ? (float)(1.0 / (double)rows) : 0.0f;
-    EW_LAUNCH(k_bn_backward_data, n, n, s, dx, dy, mask, x, C, mean, invstd, gamma, sums, scale_ptr, inv_rows,
-              accumulate);
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (C <= 0) return rows <= 0 ? 0 : invalid();
+        const long n = rows * C;
+        const float inv_rows = rows > 0 ? (float)(1.0 / (double)rows) : 0.0f;
+        EW_LAUNCH_T(k_bn_backward_data, T, n, n, s, (T *)dx, (const T *)dy, (const T *)mask, (const T *)x, C, mean,
+                    invstd, gamma, sums, scale_ptr, inv_rows, accumulate);
+    });
 }
 
-int gk_relu_mask(float *g, const float *mask, long n, cudaStream_t s) { EW_LAUNCH(k_relu_mask, n, n, s, g, mask); }
+int gk_relu_mask(gk_dtype t, void *g, const void *mask, long n, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        EW_LAUNCH_T(k_relu_mask, T, n, n, s, (T *)g, (const T *)mask);
+    });
+}
 
-int gk_add(float *y, const float *x, long n, cudaStream_t s) { EW_LAUNCH(k_add, n, n, s, y, x); }
+int gk_add(gk_dtype t, void *y, const void *x, long n, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        EW_LAUNCH_T(k_add, T, n, n, s, (T *)y, (const T *)x);
+    });
+}
 
-int gk_scale(float *y, const float *scale, long n, cudaStream_t s) { EW_LAUNCH(k_scale, n, n, s, y, scale); }
+int gk_scale(gk_dtype t, void *y, const float *scale, long n, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        EW_LAUNCH_T(k_scale, T, n, n, s, (T *)y, scale);
+    });
+}
 
-int gk_residual(float *out, const float *shortcut, const float *t, const float *h, long n, cudaStream_t s) {
-    EW_LAUNCH(k_residual, n, n, s, out, shortcut, t, h);
+int gk_residual(gk_dtype dt, void *out, const void *shortcut, const void *t, const float *h, long n, cudaStream_t s) {
+    return with_dtype(dt, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        EW_LAUNCH_T(k_residual, T, n, n, s, (T *)out, (const T *)shortcut, (const T *)t, h);
+    });
 }
 
 int gk_dot(const float *a, const float *b, long n, float *dot, float *partials, cudaStream_t s) {
@@ -709,28 +835,40 @@ int gk_dot(const float *a, const float *b, long n, float *dot, float *partials, 
     return last_error();
 }
 
-int gk_shortcut_a_forward(float *out, const float *x, int N, int H, int W, int C, cudaStream_t s) {
-    if (N < 0 || H < 0 || W < 0 || C < 0) return invalid();
-    const long n_out = (long)N * (H / 2) * (W / 2) * 2 * C, n_x = (long)N * H * W * C;
-    EW_LAUNCH(k_shortcut_a_forward, n_out, n_x > n_out ? n_x : n_out, s, out, x, H, W, C);
+int gk_shortcut_a_forward(gk_dtype t, void *out, const void *x, int N, int H, int W, int C, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (N < 0 || H < 0 || W < 0 || C < 0) return invalid();
+        const long n_out = (long)N * (H / 2) * (W / 2) * 2 * C, n_x = (long)N * H * W * C;
+        EW_LAUNCH_T(k_shortcut_a_forward, T, n_out, n_x > n_out ? n_x : n_out, s, (T *)out, (const T *)x, H, W, C);
+    });
 }
 
-int gk_shortcut_a_backward_add(float *dx, const float *dout, int N, int H, int W, int C, cudaStream_t s) {
-    if (N < 0 || H < 0 || W < 0 || C < 0) return invalid();
-    const long n = (long)N * (H / 2) * (W / 2) * C, n_x = (long)N * H * W * C;
-    EW_LAUNCH(k_shortcut_a_backward_add, n, n_x > 2 * n ? n_x : 2 * n, s, dx, dout, H, W, C);
+int gk_shortcut_a_backward_add(gk_dtype t, void *dx, const void *dout, int N, int H, int W, int C, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (N < 0 || H < 0 || W < 0 || C < 0) return invalid();
+        const long n = (long)N * (H / 2) * (W / 2) * C, n_x = (long)N * H * W * C;
+        EW_LAUNCH_T(k_shortcut_a_backward_add, T, n, n_x > 2 * n ? n_x : 2 * n, s, (T *)dx, (const T *)dout, H, W, C);
+    });
 }
 
-int gk_avgpool_forward(float *pooled, const float *x, int N, int HW, int C, cudaStream_t s) {
-    if (N < 0 || C < 0 || HW <= 0) return invalid();
-    const long n = (long)N * C;
-    EW_LAUNCH(k_avgpool_forward, n, n * HW, s, pooled, x, HW, C);
+int gk_avgpool_forward(gk_dtype t, float *pooled, const void *x, int N, int HW, int C, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (N < 0 || C < 0 || HW <= 0) return invalid();
+        const long n = (long)N * C;
+        EW_LAUNCH_T(k_avgpool_forward, T, n, n * HW, s, pooled, (const T *)x, HW, C);
+    });
 }
 
-int gk_avgpool_backward(float *dx, const float *dpooled, int N, int HW, int C, cudaStream_t s) {
-    if (N < 0 || C < 0 || HW < 0) return invalid();
-    const long n = (long)N * HW * C;
-    EW_LAUNCH(k_avgpool_backward, n, n, s, dx, dpooled, HW, C);
+int gk_avgpool_backward(gk_dtype t, void *dx, const float *dpooled, int N, int HW, int C, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (N < 0 || C < 0 || HW < 0) return invalid();
+        const long n = (long)N * HW * C;
+        EW_LAUNCH_T(k_avgpool_backward, T, n, n, s, (T *)dx, dpooled, HW, C);
+    });
 }
 
 int gk_add_bias(float *logits, const float *bias, int N, int K, cudaStream_t s) {
@@ -782,23 +920,32 @@ int gk_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, 
     return last_error();
 }
 
-int gk_gather_batch(float *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels, const float *lut,
-                    const uint32_t *perm, const int8_t *oy, const int8_t *ox, const uint8_t *flip, long first,
-                    int batch, long n_total, int C, int H, int W, cudaStream_t s) {
-    if (first < 0 || batch < 0 || C <= 0 || H <= 0 || W <= 0) return invalid();
-    const long n = (long)batch * C * H * W;
-    EW_LAUNCH(k_gather_batch, n, n, s, dst, labels, images, image_labels, lut, perm, oy, ox, flip, first, batch,
-              n_total, C, H, W);
+int gk_gather_batch(gk_dtype t, void *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
+                    const float *lut, const uint32_t *perm, const int8_t *oy, const int8_t *ox, const uint8_t *flip,
+                    long first, int batch, long n_total, int C, int H, int W, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (first < 0 || batch < 0 || C <= 0 || H <= 0 || W <= 0) return invalid();
+        const long n = (long)batch * C * H * W;
+        EW_LAUNCH_T(k_gather_batch, T, n, n, s, (T *)dst, labels, images, image_labels, lut, perm, oy, ox, flip, first,
+                    batch, n_total, C, H, W);
+    });
 }
 
-int gk_nchw_to_nhwc(float *dst, const float *src, int N, int C, int H, int W, cudaStream_t s) {
-    if (N < 0 || C < 0 || H < 0 || W < 0) return invalid();
-    const long n = (long)N * C * H * W;
-    EW_LAUNCH(k_nchw_to_nhwc, n, n, s, dst, src, C, H, W);
+int gk_nchw_to_nhwc(gk_dtype t, void *dst, const float *src, int N, int C, int H, int W, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (N < 0 || C < 0 || H < 0 || W < 0) return invalid();
+        const long n = (long)N * C * H * W;
+        EW_LAUNCH_T(k_nchw_to_nhwc, T, n, n, s, (T *)dst, src, C, H, W);
+    });
 }
 
-int gk_nhwc_to_nchw(float *dst, const float *src, int N, int C, int H, int W, cudaStream_t s) {
-    if (N < 0 || C < 0 || H < 0 || W < 0) return invalid();
-    const long n = (long)N * C * H * W;
-    EW_LAUNCH(k_nhwc_to_nchw, n, n, s, dst, src, C, H, W);
+int gk_nhwc_to_nchw(gk_dtype t, float *dst, const void *src, int N, int C, int H, int W, cudaStream_t s) {
+    return with_dtype(t, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        if (N < 0 || C < 0 || H < 0 || W < 0) return invalid();
+        const long n = (long)N * C * H * W;
+        EW_LAUNCH_T(k_nhwc_to_nchw, T, n, n, s, dst, (const T *)src, C, H, W);
+    });
 }

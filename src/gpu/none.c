@@ -29,6 +29,10 @@ size_t gpu_activation_bytes(const gpu_plan *g) {
     (void)g;
     return 0;
 }
+size_t gpu_arena_bytes(const gpu_plan *g) {
+    (void)g;
+    return 0;
+}
 int gpu_upload(gpu_plan *g, const mfres_model *m) {
     (void)g, (void)m;
     return not_built();

@@ -3,6 +3,8 @@
 
 #include <stdlib.h>
 
+#include "gpu/kernels.h"
+
 /* Visits every (image, output pixel, output channel, tap, input channel of the group). */
 #define CONV_LOOP(c, BODY)                                                                                   \
     do {                                                                                                     \
@@ -25,30 +27,32 @@
                             }                                                                                \
     } while (0)
 
-static void finish(float *out, double *acc, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = (float)acc[i];
+static void finish(const dnn_ref_conv *c, void *out, double *acc, size_t n) {
+    for (size_t i = 0; i < n; i++) gk_store(c->bf16 ? GK_BF16 : GK_F32, out, i, (float)acc[i]);
     free(acc);
 }
 
-void dnn_ref_conv_forward(const dnn_ref_conv *c, float *y, const float *x, const float *w) {
+#define LD(p, i) ((double)gk_load(c->bf16 ? GK_BF16 : GK_F32, (p), (i)))
+
+void dnn_ref_conv_forward(const dnn_ref_conv *c, void *y, const void *x, const void *w) {
     size_t n = (size_t)c->N * c->OH * c->OW * c->K;
     double *acc = calloc(n ? n : 1, sizeof *acc);
-    CONV_LOOP(c, acc[yi] += (double)x[xi] * w[wi]);
-    finish(y, acc, n);
+    CONV_LOOP(c, acc[yi] += LD(x, xi) * LD(w, wi));
+    finish(c, y, acc, n);
 }
 
-void dnn_ref_conv_backward_data(const dnn_ref_conv *c, float *dx, const float *dy, const float *w) {
+void dnn_ref_conv_backward_data(const dnn_ref_conv *c, void *dx, const void *dy, const void *w) {
     size_t n = (size_t)c->N * c->H * c->W * c->C;
     double *acc = calloc(n ? n : 1, sizeof *acc);
-    CONV_LOOP(c, acc[xi] += (double)dy[yi] * w[wi]);
-    finish(dx, acc, n);
+    CONV_LOOP(c, acc[xi] += LD(dy, yi) * LD(w, wi));
+    finish(c, dx, acc, n);
 }
 
-void dnn_ref_conv_backward_weights(const dnn_ref_conv *c, float *dw, const float *x, const float *dy) {
+void dnn_ref_conv_backward_weights(const dnn_ref_conv *c, void *dw, const void *x, const void *dy) {
     size_t n = (size_t)c->K * c->R * c->R * (c->C / c->groups);
     double *acc = calloc(n ? n : 1, sizeof *acc);
-    CONV_LOOP(c, acc[wi] += (double)dy[yi] * x[xi]);
-    finish(dw, acc, n);
+    CONV_LOOP(c, acc[wi] += LD(dy, yi) * LD(x, xi));
+    finish(c, dw, acc, n);
 }
 
 int dnn_ref_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *A, int lda, const float *B, int ldb,

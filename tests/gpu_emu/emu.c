@@ -95,8 +95,9 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
 /* ---- cudnn_conv.c's functions: NHWC maps, KRSC weights, groups ---- */
 
 int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres_precision p, bool need_bwd_data) {
-    (void)h, (void)p;
+    (void)h;
     memset(c, 0, sizeof *c);
+    c->dt = p == MFRES_PRECISION_BF16 ? GK_BF16 : GK_F32;
     c->N = N, c->C = s->C, c->H = s->H, c->W = s->W, c->K = s->K, c->R = s->R, c->stride = s->stride;
     c->pad = s->pad, c->groups = s->groups, c->OH = s->OH, c->OW = s->OW, c->need_bwd_data = need_bwd_data;
     if ((c->H + 2 * c->pad - c->R) / c->stride + 1 != c->OH || (c->W + 2 * c->pad - c->R) / c->stride + 1 != c->OW)
@@ -107,10 +108,10 @@ int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres
 void gpu_conv_free(gpu_conv *c) { memset(c, 0, sizeof *c); }
 
 static dnn_ref_conv ref_of(const gpu_conv *c) {
-    return (dnn_ref_conv){c->N, c->C, c->H, c->W, c->K, c->R, c->stride, c->pad, c->groups, c->OH, c->OW};
+    return (dnn_ref_conv){c->N, c->C, c->H, c->W, c->K, c->R, c->stride, c->pad, c->groups, c->OH, c->OW, c->dt == GK_BF16};
 }
 
-int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, float *y, const float *x, const float *w, void *ws,
+int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, void *y, const void *x, const void *w, void *ws,
                      size_t ws_bytes) {
     (void)h;
     if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");
@@ -119,7 +120,7 @@ int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, float *y, const float *
     return MFRES_OK;
 }
 
-int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, float *dx, const float *dy, const float *w, void *ws,
+int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, void *dx, const void *dy, const void *w, void *ws,
                            size_t ws_bytes) {
     (void)h;
     if (!c->need_bwd_data) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: no backward-data algorithm chosen");
@@ -129,7 +130,7 @@ int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, float *dx, const 
     return MFRES_OK;
 }
 
-int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, float *dw, const float *x, const float *dy,
+int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, void *dw, const void *x, const void *dy,
                               void *ws, size_t ws_bytes) {
     (void)h;
     if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");

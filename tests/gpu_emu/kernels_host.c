@@ -1,23 +1,48 @@
 /* kernels.h restated in plain C on the CPU, for tests/test_gpu_emulated: the
  * contract's semantics, one loop each, reductions in double. It tests the plan
  * that calls the kernels, not the kernels (tests/test_gpu_kernels does that on
- * a GPU). */
+ * a GPU). Activations are of the element type the call names, read and
+ * written with kernels.h's gk_load and gk_store: computed in float (double in
+ * reductions), rounded to nearest-even once when stored as bfloat16. */
 #include <math.h>
 #include <string.h>
 
 #include "gpu/kernels.h"
 
+/* Every entry point on activations refuses an unknown element type first, as kernels.cu does. */
+#define CHECK_DTYPE(t)                                                                                                 \
+    do {                                                                                                               \
+        if ((t) != GK_F32 && (t) != GK_BF16) return cudaErrorInvalidValue;                                            \
+    } while (0)
+
 size_t gk_partials_floats(int C) { return 2 * (size_t)(C > 0 ? C : 1) + 1024; }
 
-int gk_bn_stats(const float *x, long rows, int C, float eps, float momentum, float *mean, float *invstd,
+int gk_convert(gk_dtype dst_t, void *dst, gk_dtype src_t, const void *src, long n, cudaStream_t s) {
+    (void)s;
+    CHECK_DTYPE(dst_t);
+    CHECK_DTYPE(src_t);
+    if (n < 0) return cudaErrorInvalidValue;
+    if (dst_t == src_t) { /* a copy: the bits unchanged */
+        if (n) memmove(dst, src, (size_t)n * gk_dtype_size(src_t));
+        return 0;
+    }
+    for (long i = 0; i < n; i++) gk_store(dst_t, dst, (size_t)i, gk_load(src_t, src, (size_t)i));
+    return 0;
+}
+
+int gk_bn_stats(gk_dtype t, const void *x, long rows, int C, float eps, float momentum, float *mean, float *invstd,
                 float *running_mean, float *running_var, float *partials, cudaStream_t s) {
     (void)partials, (void)s;
+    CHECK_DTYPE(t);
     if (rows <= 0 || C <= 0) return cudaErrorInvalidValue;
     for (int c = 0; c < C; c++) {
         double m = 0, v = 0;
-        for (long r = 0; r < rows; r++) m += x[r * C + c];
+        for (long r = 0; r < rows; r++) m += gk_load(t, x, (size_t)(r * C + c));
         m /= rows;
-        for (long r = 0; r < rows; r++) v += (x[r * C + c] - m) * (x[r * C + c] - m);
+        for (long r = 0; r < rows; r++) {
+            double d = gk_load(t, x, (size_t)(r * C + c)) - m;
+            v += d * d;
+        }
         v /= rows;
         mean[c] = (float)m, invstd[c] = (float)(1.0 / sqrt(v + eps));
         float unbias = rows > 1 ? (float)((double)rows / (rows - 1)) : 1.0f;
@@ -29,62 +54,71 @@ int gk_bn_stats(const float *x, long rows, int C, float eps, float momentum, flo
 
 static float relu(float v) { return v < 0 ? 0 : v; }
 
-int gk_bn_apply(float *y, const float *x, long rows, int C, const float *mean, const float *invstd,
+int gk_bn_apply(gk_dtype t, void *y, const void *x, long rows, int C, const float *mean, const float *invstd,
                 const float *gamma, const float *beta, int do_relu, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     for (long i = 0; i < rows * C; i++) {
         int c = (int)(i % C);
-        float v = gamma[c] * ((x[i] - mean[c]) * invstd[c]) + beta[c];
-        y[i] = do_relu ? relu(v) : v;
+        float v = gamma[c] * ((gk_load(t, x, (size_t)i) - mean[c]) * invstd[c]) + beta[c];
+        gk_store(t, y, (size_t)i, do_relu ? relu(v) : v);
     }
     return 0;
 }
 
-int gk_bn_apply_running(float *y, const float *x, long rows, int C, const float *running_mean,
+int gk_bn_apply_running(gk_dtype t, void *y, const void *x, long rows, int C, const float *running_mean,
                         const float *running_var, float eps, const float *gamma, const float *beta, int do_relu,
                         cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     for (long i = 0; i < rows * C; i++) {
         int c = (int)(i % C);
-        float v = gamma[c] * ((x[i] - running_mean[c]) / sqrtf(running_var[c] + eps)) + beta[c];
-        y[i] = do_relu ? relu(v) : v;
+        float v = gamma[c] * ((gk_load(t, x, (size_t)i) - running_mean[c]) / sqrtf(running_var[c] + eps)) + beta[c];
+        gk_store(t, y, (size_t)i, do_relu ? relu(v) : v);
     }
     return 0;
 }
 
-int gk_bn_residual_relu(float *out, const float *shortcut, const float *t, long rows, int C, const float *mean,
-                        const float *invstd, const float *gamma, const float *beta, const float *h, cudaStream_t s) {
+int gk_bn_residual_relu(gk_dtype dt, void *out, const void *shortcut, const void *t, long rows, int C,
+                        const float *mean, const float *invstd, const float *gamma, const float *beta, const float *h,
+                        cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(dt);
     for (long i = 0; i < rows * C; i++) {
         int c = (int)(i % C);
-        out[i] = relu(shortcut[i] + *h * (gamma[c] * ((t[i] - mean[c]) * invstd[c]) + beta[c]));
+        float b = gamma[c] * ((gk_load(dt, t, (size_t)i) - mean[c]) * invstd[c]) + beta[c];
+        gk_store(dt, out, (size_t)i, relu(gk_load(dt, shortcut, (size_t)i) + *h * b));
     }
     return 0;
 }
 
-int gk_bn_residual_relu_running(float *out, const float *shortcut, const float *t, long rows, int C,
+int gk_bn_residual_relu_running(gk_dtype dt, void *out, const void *shortcut, const void *t, long rows, int C,
                                 const float *running_mean, const float *running_var, float eps, const float *gamma,
                                 const float *beta, const float *h, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(dt);
     for (long i = 0; i < rows * C; i++) {
         int c = (int)(i % C);
-        float b = gamma[c] * ((t[i] - running_mean[c]) / sqrtf(running_var[c] + eps)) + beta[c];
-        out[i] = relu(shortcut[i] + *h * b);
+        float b = gamma[c] * ((gk_load(dt, t, (size_t)i) - running_mean[c]) / sqrtf(running_var[c] + eps)) + beta[c];
+        gk_store(dt, out, (size_t)i, relu(gk_load(dt, shortcut, (size_t)i) + *h * b));
     }
     return 0;
 }
 
-static float masked(const float *dy, const float *mask, long i) { return mask && !(mask[i] > 0) ? 0.0f : dy[i]; }
+static float masked(gk_dtype t, const void *dy, const void *mask, long i) {
+    return mask && !(gk_load(t, mask, (size_t)i) > 0) ? 0.0f : gk_load(t, dy, (size_t)i);
+}
 
-int gk_bn_backward_reduce(const float *dy, const float *mask, const float *x, long rows, int C, const float *mean,
-                          const float *invstd, float *sums, float *partials, cudaStream_t s) {
+int gk_bn_backward_reduce(gk_dtype t, const void *dy, const void *mask, const void *x, long rows, int C,
+                          const float *mean, const float *invstd, float *sums, float *partials, cudaStream_t s) {
     (void)partials, (void)s;
+    CHECK_DTYPE(t);
     for (int c = 0; c < C; c++) {
         double s0 = 0, s1 = 0;
         for (long r = 0; r < rows; r++) {
             long i = r * C + c;
-            double g = masked(dy, mask, i);
-            s0 += g, s1 += g * (x[i] - mean[c]) * invstd[c];
+            double g = masked(t, dy, mask, i);
+            s0 += g, s1 += g * (gk_load(t, x, (size_t)i) - mean[c]) * invstd[c];
         }
         sums[c] = (float)s0, sums[C + c] = (float)s1;
     }
@@ -104,39 +138,45 @@ int gk_bn_backward_params(const float *sums, int C, const float *gamma, const fl
     return 0;
 }
 
-int gk_bn_backward_data(float *dx, const float *dy, const float *mask, const float *x, long rows, int C,
+int gk_bn_backward_data(gk_dtype t, void *dx, const void *dy, const void *mask, const void *x, long rows, int C,
                         const float *mean, const float *invstd, const float *gamma, const float *sums,
                         const float *scale_ptr, int accumulate, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     float scale = scale_ptr ? *scale_ptr : 1.0f;
     for (long i = 0; i < rows * C; i++) {
         int c = (int)(i % C);
-        float xhat = (x[i] - mean[c]) * invstd[c];
-        float v = scale * gamma[c] * invstd[c] * (masked(dy, mask, i) - sums[c] / rows - xhat * sums[C + c] / rows);
-        dx[i] = accumulate ? dx[i] + v : v;
+        float xhat = (gk_load(t, x, (size_t)i) - mean[c]) * invstd[c];
+        float v = scale * gamma[c] * invstd[c] * (masked(t, dy, mask, i) - sums[c] / rows - xhat * sums[C + c] / rows);
+        gk_store(t, dx, (size_t)i, accumulate ? gk_load(t, dx, (size_t)i) + v : v);
     }
     return 0;
 }
 
-int gk_relu_mask(float *g, const float *mask, long n, cudaStream_t s) {
+int gk_relu_mask(gk_dtype t, void *g, const void *mask, long n, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     for (long i = 0; i < n; i++)
-        if (!(mask[i] > 0)) g[i] = 0;
+        if (!(gk_load(t, mask, (size_t)i) > 0)) gk_store(t, g, (size_t)i, 0.0f);
     return 0;
 }
-int gk_add(float *y, const float *x, long n, cudaStream_t s) {
+int gk_add(gk_dtype t, void *y, const void *x, long n, cudaStream_t s) {
     (void)s;
-    for (long i = 0; i < n; i++) y[i] += x[i];
+    CHECK_DTYPE(t);
+    for (long i = 0; i < n; i++) gk_store(t, y, (size_t)i, gk_load(t, y, (size_t)i) + gk_load(t, x, (size_t)i));
     return 0;
 }
-int gk_scale(float *y, const float *scale, long n, cudaStream_t s) {
+int gk_scale(gk_dtype t, void *y, const float *scale, long n, cudaStream_t s) {
     (void)s;
-    for (long i = 0; i < n; i++) y[i] *= *scale;
+    CHECK_DTYPE(t);
+    for (long i = 0; i < n; i++) gk_store(t, y, (size_t)i, gk_load(t, y, (size_t)i) * *scale);
     return 0;
 }
-int gk_residual(float *out, const float *shortcut, const float *t, const float *h, long n, cudaStream_t s) {
+int gk_residual(gk_dtype dt, void *out, const void *shortcut, const void *t, const float *h, long n, cudaStream_t s) {
     (void)s;
-    for (long i = 0; i < n; i++) out[i] = shortcut[i] + *h * t[i];
+    CHECK_DTYPE(dt);
+    for (long i = 0; i < n; i++)
+        gk_store(dt, out, (size_t)i, gk_load(dt, shortcut, (size_t)i) + *h * gk_load(dt, t, (size_t)i));
     return 0;
 }
 int gk_dot(const float *a, const float *b, long n, float *dot, float *partials, cudaStream_t s) {
@@ -147,42 +187,51 @@ int gk_dot(const float *a, const float *b, long n, float *dot, float *partials, 
     return 0;
 }
 
-int gk_shortcut_a_forward(float *out, const float *x, int N, int H, int W, int C, cudaStream_t s) {
+int gk_shortcut_a_forward(gk_dtype t, void *out, const void *x, int N, int H, int W, int C, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     int OH = H / 2, OW = W / 2, K = 2 * C;
-    memset(out, 0, sizeof(float) * N * OH * OW * K);
+    const size_t es = gk_dtype_size(t);
+    memset(out, 0, es * N * OH * OW * K); /* +0 in either type */
     for (int n = 0; n < N; n++)
         for (int i = 0; i < OH; i++)
             for (int j = 0; j < OW; j++)
-                for (int c = 0; c < C; c++)
-                    out[(((size_t)n * OH + i) * OW + j) * K + C / 2 + c] = x[(((size_t)n * H + 2 * i) * W + 2 * j) * C + c];
+                for (int c = 0; c < C; c++) /* a copy of the element, bits unchanged */
+                    memcpy((char *)out + es * ((((size_t)n * OH + i) * OW + j) * K + C / 2 + c),
+                           (const char *)x + es * ((((size_t)n * H + 2 * i) * W + 2 * j) * C + c), es);
     return 0;
 }
-int gk_shortcut_a_backward_add(float *dx, const float *dout, int N, int H, int W, int C, cudaStream_t s) {
+int gk_shortcut_a_backward_add(gk_dtype t, void *dx, const void *dout, int N, int H, int W, int C, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     int OH = H / 2, OW = W / 2, K = 2 * C;
     for (int n = 0; n < N; n++)
         for (int i = 0; i < OH; i++)
             for (int j = 0; j < OW; j++)
-                for (int c = 0; c < C; c++)
-                    dx[(((size_t)n * H + 2 * i) * W + 2 * j) * C + c] += dout[(((size_t)n * OH + i) * OW + j) * K + C / 2 + c];
+                for (int c = 0; c < C; c++) {
+                    size_t d = (((size_t)n * H + 2 * i) * W + 2 * j) * C + c;
+                    gk_store(t, dx, d,
+                             gk_load(t, dx, d) + gk_load(t, dout, (((size_t)n * OH + i) * OW + j) * K + C / 2 + c));
+                }
     return 0;
 }
-int gk_avgpool_forward(float *pooled, const float *x, int N, int HW, int C, cudaStream_t s) {
+int gk_avgpool_forward(gk_dtype t, float *pooled, const void *x, int N, int HW, int C, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++) {
             double acc = 0;
-            for (int p = 0; p < HW; p++) acc += x[((size_t)n * HW + p) * C + c];
+            for (int p = 0; p < HW; p++) acc += gk_load(t, x, ((size_t)n * HW + p) * C + c);
             pooled[n * C + c] = (float)(acc / HW);
         }
     return 0;
 }
-int gk_avgpool_backward(float *dx, const float *dpooled, int N, int HW, int C, cudaStream_t s) {
+int gk_avgpool_backward(gk_dtype t, void *dx, const float *dpooled, int N, int HW, int C, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     for (int n = 0; n < N; n++)
         for (int p = 0; p < HW; p++)
-            for (int c = 0; c < C; c++) dx[((size_t)n * HW + p) * C + c] = dpooled[n * C + c] / HW;
+            for (int c = 0; c < C; c++) gk_store(t, dx, ((size_t)n * HW + p) * C + c, dpooled[n * C + c] / HW);
     return 0;
 }
 
@@ -285,10 +334,11 @@ int gk_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, 
     return 0;
 }
 
-int gk_gather_batch(float *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
+int gk_gather_batch(gk_dtype t, void *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
                     const float *lut, const uint32_t *perm, const int8_t *oy, const int8_t *ox, const uint8_t *flip,
                     long first, int batch, long n_total, int C, int H, int W, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     for (int k = 0; k < batch; k++) {
         long pos = first + k;
         labels[k] = pos < n_total ? image_labels[perm[pos]] : -1;
@@ -302,23 +352,27 @@ int gk_gather_batch(float *dst, int32_t *labels, const uint8_t *images, const ui
                                 ? lut[c * 256]
                                 : lut[c * 256 + images[((size_t)perm[pos] * C + c) * H * W + (size_t)sy * W + sx]];
                     }
-                    dst[(((size_t)k * H + y) * W + x) * C + c] = v;
+                    gk_store(t, dst, (((size_t)k * H + y) * W + x) * C + c, v);
                 }
     }
     return 0;
 }
 
-int gk_nchw_to_nhwc(float *dst, const float *src, int N, int C, int H, int W, cudaStream_t s) {
+int gk_nchw_to_nhwc(gk_dtype t, void *dst, const float *src, int N, int C, int H, int W, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++)
-            for (int i = 0; i < H * W; i++) dst[((size_t)n * H * W + i) * C + c] = src[((size_t)n * C + c) * H * W + i];
+            for (int i = 0; i < H * W; i++)
+                gk_store(t, dst, ((size_t)n * H * W + i) * C + c, src[((size_t)n * C + c) * H * W + i]);
     return 0;
 }
-int gk_nhwc_to_nchw(float *dst, const float *src, int N, int C, int H, int W, cudaStream_t s) {
+int gk_nhwc_to_nchw(gk_dtype t, float *dst, const void *src, int N, int C, int H, int W, cudaStream_t s) {
     (void)s;
+    CHECK_DTYPE(t);
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++)
-            for (int i = 0; i < H * W; i++) dst[((size_t)n * C + c) * H * W + i] = src[((size_t)n * H * W + i) * C + c];
+            for (int i = 0; i < H * W; i++)
+                dst[((size_t)n * C + c) * H * W + i] = gk_load(t, src, ((size_t)n * H * W + i) * C + c);
     return 0;
 }

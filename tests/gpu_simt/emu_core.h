@@ -7,8 +7,15 @@
 // threads, grid y/z 65535, 48 KiB shared) are checked as a GPU would. What it
 // cannot show: races between blocks (blocks run one after another), fused
 // arithmetic, the device's expf/logf rounding.
+//
+// bfloat16: the real <cuda_bf16.h>, included here before __device__ and the
+// rest are redefined below (its own definitions need CUDA's), so that
+// kernels.cu's later #include of it is a no-op. On the host its conversions
+// are plain C++: __float2bfloat16_rn rounds to nearest, ties to even, as the
+// device's cvt.rn.bf16.f32 does; a NaN stays a NaN (0x7fff here).
 #pragma once
 #include <cuda_runtime_api.h>
+#include <cuda_bf16.h>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -51,4 +58,5 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 struct emu_cfg_t { dim3 g, b; size_t sh; cudaStream_t s; };
 inline emu_cfg_t emu_cfg(dim3 g, dim3 b, size_t sh = 0, cudaStream_t s = 0) { return {g, b, sh, s}; }
 void emu_launch(emu_cfg_t cfg, const char *name, std::function<void()> body);
-#define EMU_LAUNCH(cfg, call) emu_launch(emu_cfg cfg, #call, [=]() { call; })
+// The call may hold commas outside parentheses (k<uint32_t, T>(...)): variadic.
+#define EMU_LAUNCH(cfg, ...) emu_launch(emu_cfg cfg, #__VA_ARGS__, [=]() { __VA_ARGS__; })

@@ -83,8 +83,8 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
 typedef struct conv_args {
     dnn_ref_conv c;
     int pass;
-    float *out;
-    const float *a, *b;
+    void *out;
+    const void *a, *b;
 } conv_args;
 
 static void run_conv(void *p) {
@@ -95,8 +95,9 @@ static void run_conv(void *p) {
 }
 
 int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres_precision p, bool need_bwd_data) {
-    (void)h, (void)p;
+    (void)h;
     memset(c, 0, sizeof *c);
+    c->dt = p == MFRES_PRECISION_BF16 ? GK_BF16 : GK_F32;
     c->N = N, c->C = s->C, c->H = s->H, c->W = s->W, c->K = s->K, c->R = s->R, c->stride = s->stride;
     c->pad = s->pad, c->groups = s->groups, c->OH = s->OH, c->OW = s->OW, c->need_bwd_data = need_bwd_data;
     c->workspace = 4096;
@@ -104,26 +105,27 @@ int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres
 }
 void gpu_conv_free(gpu_conv *c) { memset(c, 0, sizeof *c); }
 
-static int enqueue(const gpu_conv *c, int pass, float *out, const float *a, const float *b, const void *ws,
+static int enqueue(const gpu_conv *c, int pass, void *out, const void *a, const void *b, const void *ws,
                    size_t ws_bytes) {
     if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");
     if (pass == 1 && !c->need_bwd_data) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: no backward-data algorithm");
-    conv_args args = {{c->N, c->C, c->H, c->W, c->K, c->R, c->stride, c->pad, c->groups, c->OH, c->OW}, pass, out, a, b};
+    conv_args args = {{c->N, c->C, c->H, c->W, c->K, c->R, c->stride, c->pad, c->groups, c->OH, c->OW, c->dt == GK_BF16},
+                      pass, out, a, b};
     emu_launch_c(cudnn_stream, "cudnnConvolution", run_conv, &args, sizeof args);
     return MFRES_OK;
 }
 
-int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, float *y, const float *x, const float *w, void *ws,
+int gpu_conv_forward(const gpu_conv *c, cudnnHandle_t h, void *y, const void *x, const void *w, void *ws,
                      size_t ws_bytes) {
     (void)h;
     return enqueue(c, 0, y, x, w, ws, ws_bytes);
 }
-int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, float *dx, const float *dy, const float *w, void *ws,
+int gpu_conv_backward_data(const gpu_conv *c, cudnnHandle_t h, void *dx, const void *dy, const void *w, void *ws,
                            size_t ws_bytes) {
     (void)h;
     return enqueue(c, 1, dx, dy, w, ws, ws_bytes);
 }
-int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, float *dw, const float *x, const float *dy,
+int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, void *dw, const void *x, const void *dy,
                               void *ws, size_t ws_bytes) {
     (void)h;
     return enqueue(c, 2, dw, x, dy, ws, ws_bytes);

@@ -3,9 +3,10 @@ s = open(sys.argv[1]).read()
 s = s.replace('#include <cuda_runtime.h>\n', '')
 s = '#include "emu_core.h"\n' + s
 s = s.replace('extern __shared__ float s_mem[];', 'float *s_mem = (float *)emu_dyn_shared_ptr;')
-# NAME<<<CFG>>>(ARGS);  (ARGS balanced parens, may span lines)
+# NAME<<<CFG>>>(ARGS);  (ARGS balanced parens, may span lines); NAME may be a
+# template-id with several arguments, k<uint32_t, T> (EMU_LAUNCH is variadic).
 out, i = [], 0
-pat = re.compile(r'([A-Za-z_][A-Za-z_0-9]*(?:<[A-Za-z_0-9]+>)?)<<<')
+pat = re.compile(r'([A-Za-z_][A-Za-z_0-9]*(?:<[A-Za-z_0-9:]+(?:\s*,\s*[A-Za-z_0-9:]+)*>)?)<<<')
 while True:
     m = pat.search(s, i)
     if not m: out.append(s[i:]); break
