@@ -30,7 +30,6 @@ for cmd in train "eval --model-file $tmp/none.safetensors" bench; do
     $MFRES $cmd --device cpu --precision tf32
 done
 expect_exit 2 "train --device needs a value" "\-\-device needs a value" $MFRES train --device
-expect_exit 2 "bench --gemm is the CPU's" "\-\-gemm measures the CPU" $MFRES bench --gemm --device cuda
 expect_exit 2 "bench --profile is the CPU's" "\-\-profile times the CPU" $MFRES bench --profile --device cuda
 $MFRES train --help | grep -q -- "--device cpu|cuda" && $MFRES eval --help | grep -q -- "--precision fp32|tf32|bf16" &&
   $MFRES bench --help | grep -q -- "--device cpu|cuda"
@@ -104,6 +103,7 @@ if [ "$branch" != GPU ]; then
   refused "eval --device cuda refused" $MFRES eval --device cuda --model-file "$tmp/nothere.safetensors"
   refused "eval --device cuda of a real model refused" $MFRES eval --device cuda --model-file "$tmp/cpu/model.safetensors"
   refused "bench --device cuda refused" $MFRES bench --device cuda --model resnet8 --iters 1 --warmup 0
+  refused "bench --gemm --device cuda refused" $MFRES bench --gemm --device cuda --precision bf16
 else
   $MFRES train "${tiny[@]}" --train-limit 1024 --test-limit 512 --device cuda --out "$tmp/gpu" > "$tmp/gpu.txt" 2>&1
   rc=$?
@@ -130,6 +130,9 @@ else
   # bfloat16 activations in training, float32 on the CPU: a few more argmaxes may move.
   awk -v a="${acc_gpu:-x}" -v b="${acc_cpu:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 0.03 && b - a < 0.03) }'
   check "eval on the CPU of the bf16-trained model: training's accuracy ($acc_gpu in bf16, ${acc_cpu:-none} on the CPU)" $?
+  $MFRES bench --gemm --device cuda --precision bf16 > "$tmp/gemm.txt" 2>&1
+  tail -1 "$tmp/gemm.txt" | grep -Eq '^gemm_gflops=[0-9]+\.[0-9] device=cuda precision=bf16$'
+  r=$?; check "bench --gemm --device cuda: cuBLAS's rate ($(tail -1 "$tmp/gemm.txt" | head -c 120))" $r
   for p in fp32 tf32 bf16; do  # their speed is bench/gpu's, their numbers test_gpu_model's
     $MFRES bench --device cuda --precision $p --model resnet8 --batch 64 --iters 2 --warmup 2 > "$tmp/bench.txt" 2>&1
     rc=$?

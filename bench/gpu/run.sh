@@ -47,10 +47,16 @@ DEVICE=cuda BATCH=128
 if [ "$DRY_RUN" = 1 ]; then DEVICE=cpu BATCH=8 PRECISIONS=fp32; fi
 export PYTHONUNBUFFERED=1
 CSV=$OUT/gpu_bench.csv
+# In the work directory (the device machine returns at most eight files from $OUT): their
+# numbers reach gpu_bench.md's %-of-peak table, and their commands' output bench.log.
+GEMMCSV=$WORK/gpu_gemm.csv    # precision,gemm_gflops: cuBLAS's dense-GEMM rate
+FLOPCSV=$WORK/gpu_flops.csv   # model,precision,impl,train_gflops: mfres's training FLOP rate (3x forward)
 FAILS=$OUT/failures.txt
 BENCHLOG=$OUT/bench.log
 TESTLOG=$OUT/tests.log
 echo "model,mode,precision,impl,images_per_s" > "$CSV"
+echo "model,precision,impl,train_gflops" > "$FLOPCSV"
+echo "precision,gemm_gflops" > "$GEMMCSV"
 : > "$FAILS"; : > "$BENCHLOG"; : > "$TESTLOG"
 start=$SECONDS
 RUNENV=()  # prefixed to mfres and the test programs: the kit's libraries, where used
@@ -271,6 +277,8 @@ run_mfres() { # model impl(mfres|mfres-meanfield) precision mode(vanilla|meanfie
     inf=$(echo "$line" | sed -n 's/.*infer_images_per_s=\([0-9.]*\).*/\1/p')
     echo "$(csv_name "$model"),train,$prec,$impl,$tr" >> "$CSV"
     echo "$(csv_name "$model"),infer,$prec,$impl,$inf" >> "$CSV"
+    gf=$(sed -n 's/.*training:.* \([0-9.]*\) GFLOP\/s.*/\1/p' "$log" | tail -1)
+    [ -n "$gf" ] && echo "$(csv_name "$model"),$prec,$impl,$gf" >> "$FLOPCSV"
     printf '  %-16s %-16s %-5s train %10s  infer %10s images/s\n' "$model" "$impl" "$prec" "$tr" "$inf"
   else
     fail "$model $impl $prec: exit $rc ($(tail -1 "$log" | head -c 300))"
@@ -300,6 +308,19 @@ run_torch() { # model impls cap_s
     *) fail "$model torch $impls: exit $rc ($(grep -v '^result\|^error\|^#\|^+' "$log" | tail -1 | head -c 300))";;
   esac
 }
+
+section "the GPU's GEMM peak per precision (cuBLAS, mfres bench --gemm): the yardstick for % of peak"
+if [ "$MFRES_OK" = 1 ]; then  # (a dry run times the CPU's cblas_sgemm instead)
+  for prec in $PRECISIONS; do
+    t=$(budget 30) || { fail "gemm $prec: skipped, out of time"; continue; }
+    timeout -k 5 "$t" "${RUNENV[@]}" $MFRES bench --gemm --device $DEVICE --precision "$prec" > "$WORK/gemm.log" 2>&1
+    rc=$?
+    keep "$BENCHLOG" "gemm $prec (exit $rc)" "$WORK/gemm.log"
+    v=$(sed -n 's/^s\{0,1\}gemm_gflops=\([0-9.]*\).*/\1/p' "$WORK/gemm.log")
+    if [ "$rc" -eq 0 ] && [ -n "$v" ]; then echo "$prec,$v" >> "$GEMMCSV"; echo "  $prec: $v GFLOP/s"
+    else fail "gemm $prec: exit $rc ($(tail -1 "$WORK/gemm.log" | head -c 200))"; fi
+  done
+fi
 
 section "timing: mfres and PyTorch eager, interleaved per model"
 [ "$MFRES_OK" = 1 ] || echo "(no mfres with CUDA here: PyTorch alone)"
@@ -331,9 +352,12 @@ done
 
 # ---------------------------------------------------------------- table
 section table
-"$PY" - "$CSV" "$FAILS" "$BATCH" <<'PY' > "$OUT/gpu_bench.md"
+"$PY" - "$CSV" "$FAILS" "$BATCH" "$GEMMCSV" "$FLOPCSV" <<'PY' > "$OUT/gpu_bench.md"
 import csv, sys
 rows = {}
+gemm = {r["precision"]: float(r["gemm_gflops"]) for r in csv.DictReader(open(sys.argv[4])) if r.get("gemm_gflops")}
+flops = {(r["model"], r["precision"], r["impl"]): float(r["train_gflops"])
+         for r in csv.DictReader(open(sys.argv[5])) if r.get("train_gflops")}
 for r in csv.DictReader(open(sys.argv[1])):
     try:
         rows[(r["model"], r["mode"], r["precision"], r["impl"])] = float(r["images_per_s"])
@@ -387,6 +411,17 @@ for impl in ("mfres", "mfres-meanfield"):
     s = est.get(("bf16", impl))
     if s:
         print(f"- 160-epoch ResNet-20 in bf16 ({impl}): {s / 60:.2f} min (goal <= 3): {'MET' if s <= 180 else 'not met'}")
+if gemm:
+    print("\nmfres training as a fraction of the GPU's dense-GEMM peak at the same precision (cuBLAS, `mfres bench --gemm`;")
+    print("training FLOPs counted as 3x the forward's direct-convolution FLOPs, so a Winograd or FFT algorithm, which")
+    print("multiplies less, can pass 100 %):\n")
+    print("| model | precision | GEMM peak GFLOP/s | mfres training GFLOP/s | % of peak |")
+    print("|---|---|---:|---:|---:|")
+    for m in models:
+        for p in precs:
+            f, g = flops.get((m, p, "mfres")), gemm.get(p)
+            if f and g:
+                print(f"| {m} | {p} | {g:,.0f} | {f:,.0f} | {100 * f / g:.1f} % |")
 fails = [l.strip() for l in open(sys.argv[2]) if l.strip()]
 print(f"\n{len(fails)} failures recorded" + (":" if fails else "."))
 for l in fails:

@@ -31,7 +31,9 @@ static void print_help(void) {
            "  --warmup N            untimed steps first [2]\n"
            "  --threads N           [all cores]\n"
            "  --profile             also a per-kernel table of a training step (where the time goes; CPU)\n"
-           "  --gemm                instead: the machine's cblas_sgemm peak (N = 1024, 2048; CPU)\n"
+           "  --gemm                instead: the machine's dense-GEMM peak: cblas_sgemm (N = 1024, 2048) on\n"
+           "                        the CPU; with --device cuda, cuBLAS (N = 4096, 8192) in --precision's\n"
+           "                        arithmetic, the yardstick for the GPU's fraction of peak\n"
            "%s%s",
            cli_model_flags_help, cli_device_flags_help);
 }
@@ -105,6 +107,23 @@ static int bench_gemm(void) {
     return 0;
 }
 
+/* The GPU's yardstick: cuBLAS at the precision, the better of two sizes. */
+static int bench_gpu_gemm(mfres_precision p) {
+    char desc[256];
+    mfres_device_describe(MFRES_DEVICE_CUDA, desc, sizeof desc);
+    printf("cuBLAS GEMM, precision %s: %s\n", mfres_precision_name(p), desc);
+    double best = 0;
+    static const int sizes[] = {4096, 8192};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        double rate;
+        if (gpu_gemm_peak(p, sizes[i], &rate)) return cli_runtime_error("bench");
+        printf("  N=%d: %.1f GFLOP/s\n", sizes[i], rate / 1e9);
+        if (rate > best) best = rate;
+    }
+    printf("gemm_gflops=%.1f device=cuda precision=%s\n", best / 1e9, mfres_precision_name(p));
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv) {
     const char *cmd = "bench";
     mfres_model_config cfg;
@@ -149,13 +168,12 @@ int cmd_bench(int argc, char **argv) {
     cfg.num_classes = (int)classes;
     if (cli_model_flags_check(cmd, &cfg)) return 2;
     bool gpu = device == MFRES_DEVICE_CUDA;
-    if (gpu && gemm) return cli_usage_error(cmd, "--gemm measures the CPU's cblas_sgemm; drop --device cuda");
     if (gpu && profile)
         return cli_usage_error(cmd, "--profile times the CPU's kernels; on the GPU use Nsight Systems "
                                     "(nsys profile build/mfres bench --device cuda ...)");
     if (cli_device_check(cmd, device, precision)) return 2;
     int nthreads = mfres_set_threads((int)threads);
-    if (gemm) return bench_gemm();
+    if (gemm) return gpu ? bench_gpu_gemm(precision) : bench_gemm();
     mfres_model m;
     if (mfres_model_create_on(&m, &cfg, 1, device, precision)) return cli_runtime_error(cmd);
     char device_desc[256];

@@ -26,6 +26,9 @@ bool gpu_built(void);
 /* MFRES_OK if a GPU can run precision p; else an error with a message. */
 int gpu_check(mfres_precision p);
 void gpu_describe(char *buf, size_t cap);
+/* The dense-GEMM rate (FLOP/s) of cuBLAS on n x n matrices in precision p's
+ * arithmetic (cuda_gemm.c): the GPU's yardstick for "fraction of peak". */
+int gpu_gemm_peak(mfres_precision p, int n, double *flops_per_s);
 
 typedef struct gpu_plan gpu_plan;
 

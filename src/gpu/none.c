@@ -19,6 +19,11 @@ int gpu_check(mfres_precision p) {
     return not_built();
 }
 void gpu_describe(char *buf, size_t cap) { snprintf(buf, cap, "CUDA backend not built"); }
+int gpu_gemm_peak(mfres_precision p, int n, double *flops_per_s) {
+    (void)p, (void)n;
+    *flops_per_s = 0;
+    return not_built();
+}
 int gpu_plan_create(gpu_plan **out, const mfres_model *m, mfres_precision p) {
     (void)m, (void)p;
     *out = NULL;
