@@ -105,31 +105,28 @@ if [ "$branch" != GPU ]; then
   refused "bench --device cuda refused" $MFRES bench --device cuda --model resnet8 --iters 1 --warmup 0
   refused "bench --gemm --device cuda refused" $MFRES bench --gemm --device cuda --precision bf16
 else
-  $MFRES train "${tiny[@]}" --train-limit 1024 --test-limit 512 --device cuda --out "$tmp/gpu" > "$tmp/gpu.txt" 2>&1
-  rc=$?
-  [ "$rc" -eq 0 ] && [ -s "$tmp/gpu/model.safetensors" ] && grep -q '"device": "cuda"' "$tmp/gpu/config.json"
-  r=$?; check "train --device cuda runs (exit $rc: $(tail -1 "$tmp/gpu.txt" | head -c 200))" $r
-  acc_gpu=$(tail -1 "$tmp/gpu/metrics.jsonl" 2>/dev/null | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
-  $MFRES eval --model-file "$tmp/gpu/model.safetensors" --batch 64 --limit 512 --threads 2 > "$tmp/eval.txt" 2>&1
-  acc_cpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval.txt")
-  # fp32 on both, but other convolution algorithms: a few of 512 argmaxes may differ.
-  awk -v a="${acc_gpu:-x}" -v b="${acc_cpu:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 0.011 && b - a < 0.011) }'
-  check "eval on the CPU of the GPU-trained model: training's accuracy ($acc_gpu on the GPU, ${acc_cpu:-none} on the CPU)" $?
+  # Trains on the GPU in a precision, then evaluates the model file on the CPU: training's accuracy within tol.
+  gpu_trains_cpu_agrees() { # precision tol
+    local p=$1 tol=$2 rc r acc_gpu acc_cpu
+    $MFRES train "${tiny[@]}" --train-limit 1024 --test-limit 512 --device cuda --precision "$p" --out "$tmp/$p" \
+      > "$tmp/$p.txt" 2>&1
+    rc=$?
+    [ "$rc" -eq 0 ] && [ -s "$tmp/$p/model.safetensors" ] && grep -q '"device": "cuda"' "$tmp/$p/config.json" &&
+      grep -q "\"precision\": \"$p\"" "$tmp/$p/config.json"
+    r=$?; check "train --device cuda --precision $p runs (exit $rc: $(tail -1 "$tmp/$p.txt" | head -c 200))" $r
+    acc_gpu=$(tail -1 "$tmp/$p/metrics.jsonl" 2>/dev/null | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
+    $MFRES eval --model-file "$tmp/$p/model.safetensors" --batch 64 --limit 512 --threads 2 > "$tmp/eval-$p.txt" 2>&1
+    acc_cpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval-$p.txt")
+    awk -v a="${acc_gpu:-x}" -v b="${acc_cpu:-y}" -v t="$tol" 'BEGIN { exit !(a != "x" && b != "y" && a - b < t && b - a < t) }'
+    check "eval on the CPU of the $p GPU-trained model: training's accuracy ($acc_gpu on the GPU, ${acc_cpu:-none} on the CPU)" $?
+  }
+  gpu_trains_cpu_agrees fp32 0.011  # fp32 on both, but other convolution algorithms: a few of 512 argmaxes may differ
+  gpu_trains_cpu_agrees bf16 0.03   # bfloat16 activations in training, float32 on the CPU: a few more may move
   acc_cpu=$(tail -1 "$tmp/cpu/metrics.jsonl" | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
   $MFRES eval --model-file "$tmp/cpu/model.safetensors" --batch 64 --limit 128 --device cuda > "$tmp/eval2.txt" 2>&1
   acc_gpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval2.txt")
   awk -v a="${acc_cpu:-x}" -v b="${acc_gpu:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 0.02 && b - a < 0.02) }'
   check "eval --device cuda of a CPU-trained model: training's accuracy ($acc_cpu on the CPU, ${acc_gpu:-none} on the GPU)" $?
-  $MFRES train "${tiny[@]}" --train-limit 1024 --test-limit 512 --device cuda --precision bf16 --out "$tmp/bf16" > "$tmp/bf16.txt" 2>&1
-  rc=$?
-  [ "$rc" -eq 0 ] && grep -q '"precision": "bf16"' "$tmp/bf16/config.json"
-  r=$?; check "train --device cuda --precision bf16 runs (exit $rc: $(tail -1 "$tmp/bf16.txt" | head -c 200))" $r
-  acc_gpu=$(tail -1 "$tmp/bf16/metrics.jsonl" 2>/dev/null | sed -E 's/.*"test_acc": ([0-9.]+).*/\1/')
-  $MFRES eval --model-file "$tmp/bf16/model.safetensors" --batch 64 --limit 512 --threads 2 > "$tmp/eval3.txt" 2>&1
-  acc_cpu=$(sed -n -E 's/.*test_acc=([0-9.]+).*/\1/p' "$tmp/eval3.txt")
-  # bfloat16 activations in training, float32 on the CPU: a few more argmaxes may move.
-  awk -v a="${acc_gpu:-x}" -v b="${acc_cpu:-y}" 'BEGIN { exit !(a != "x" && b != "y" && a - b < 0.03 && b - a < 0.03) }'
-  check "eval on the CPU of the bf16-trained model: training's accuracy ($acc_gpu in bf16, ${acc_cpu:-none} on the CPU)" $?
   $MFRES bench --gemm --device cuda --precision bf16 > "$tmp/gemm.txt" 2>&1
   tail -1 "$tmp/gemm.txt" | grep -Eq '^gemm_gflops=[0-9]+\.[0-9] device=cuda precision=bf16$'
   r=$?; check "bench --gemm --device cuda: cuBLAS's rate ($(tail -1 "$tmp/gemm.txt" | head -c 120))" $r
