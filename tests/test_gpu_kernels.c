@@ -602,8 +602,27 @@ static const float EPS = 1e-5f;
 
 /* ---- layout ---------------------------------------------------------------------------- */
 
+/* A map of `rows` rows of Cp >= C channels of type t against the same rows of
+ * C channels: the first C channels bit for bit, the rest zeros. */
+static void expect_padded(gk_dtype t, const char *what, const void *padded, const void *plain, size_t rows, int C,
+                          int Cp) {
+    const size_t es = gk_dtype_size(t);
+    const unsigned char *a = padded, *b = plain;
+    static const unsigned char zero[4];
+    for (size_t r = 0; r < rows; r++)
+        for (int c = 0; c < Cp; c++) {
+            const unsigned char *want = c < C ? b + (r * C + c) * es : zero;
+            EXPECT(!memcmp(a + (r * Cp + c) * es, want, es), "%s (%s): row %zu channel %d of %d (%d real) differs",
+                   what, dtype_name(t), r, c, Cp, C);
+        }
+}
+
+/* The channel count the stem's tensor cores get: C rounded up past a multiple of 8. */
+static int padded_c(int C) { return C + 8 - C % 8; }
+
 /* float32 NCHW in, NHWC of type t: for bfloat16 the rounding itself is under
- * test (the input is float32, not rounded first), against gk_bf16_from_float. */
+ * test (the input is float32, not rounded first), against gk_bf16_from_float;
+ * then with padded channels, which must be the same map plus zeros. */
 static void check_layout(gk_dtype t) {
     static const int shapes[][4] = {{2, 3, 5, 7}, {4, 16, 8, 8}, {1, 264, 3, 3}, {3, 1, 1, 1}, {5, 3, 32, 32}};
     const size_t es = gk_dtype_size(t);
@@ -614,10 +633,17 @@ static void check_layout(gk_dtype t) {
         float *af = round_f(a, n), *want = xmalloc(n * sizeof *want);
         float *d_a = dev_dup(af, n * sizeof *af), *d_c = dev_alloc(n * sizeof *af);
         void *d_b = dev_alloc(n * es);
-        GK(gk_nchw_to_nhwc(t, d_b, d_a, N, C, H, W, 0));
+        GK(gk_nchw_to_nhwc(t, d_b, d_a, N, C, C, H, W, 0));
         void *got = get_raw(d_b, n * es);
         nchw_to_nhwc_f(want, af, N, C, H, W);
         expect_exact_t(t, "gk_nchw_to_nhwc", got, want, n);
+        const int Cp = padded_c(C);
+        const size_t rows = (size_t)N * H * W;
+        void *d_p = dev_alloc(rows * Cp * es);
+        GK(gk_nchw_to_nhwc(t, d_p, d_a, N, C, Cp, H, W, 0));
+        void *got_p = get_raw(d_p, rows * Cp * es);
+        expect_padded(t, "gk_nchw_to_nhwc with padded channels", got_p, got, rows, C, Cp);
+        dev_free(d_p), free(got_p);
         GK(gk_nhwc_to_nchw(t, d_c, d_b, N, C, H, W, 0));
         float *back = get_f(d_c, n), *back_want = round_trip(t, af, n);
         expect_same_f(t == GK_F32 ? "gk_nhwc_to_nchw" : "gk_nhwc_to_nchw (bf16)", back, back_want, n);
@@ -695,6 +721,54 @@ START_TEST(test_convert) {
     }
     /* nothing to convert is no work */
     GK(gk_convert(GK_BF16, NULL, GK_F32, NULL, 0, 0));
+}
+END_TEST
+
+/* gk_convert_channels: the stem's float32 KRSC weights padded to Cp channels
+ * in either type (the real channels as gk_convert gives them, zeros after),
+ * and a padded weight gradient of either type cut back to float32. */
+START_TEST(test_convert_channels) {
+    static const int shapes[][2] = {{16 * 3 * 3, 3}, {16 * 3 * 3, 1}, {64 * 7 * 7, 3}, {5, 8}, {1000, 13}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        const long rows = shapes[k][0];
+        const int C = shapes[k][1], Cp = padded_c(C);
+        const size_t n = (size_t)rows * C, np = (size_t)rows * Cp;
+        double *x = randn(np, 270 + k, 0.0, 1.0);
+        float *xf = round_f(x, np);
+        float *d_x = dev_dup(xf, n * 4), *d_xp = dev_dup(xf, np * 4), *d_back = dev_alloc(n * 4);
+        for (int ti = 0; ti < 2; ti++) {
+            const gk_dtype t = ti ? GK_BF16 : GK_F32;
+            const size_t es = gk_dtype_size(t);
+            void *d_plain = dev_alloc(n * es), *d_pad = dev_alloc(np * es);
+            GK(gk_convert(t, d_plain, GK_F32, d_x, (long)n, 0));
+            GK(gk_convert_channels(t, d_pad, Cp, GK_F32, d_x, C, rows, C, 0));
+            void *plain = get_raw(d_plain, n * es), *pad = get_raw(d_pad, np * es);
+            expect_padded(t, "gk_convert_channels: weights padded", pad, plain, (size_t)rows, C, Cp);
+            /* cut back: a padded map of type t (every channel set) to float32 */
+            GK(gk_convert(t, d_pad, GK_F32, d_xp, (long)np, 0));
+            GK(gk_convert_channels(GK_F32, d_back, C, t, d_pad, Cp, rows, C, 0));
+            float *back = get_f(d_back, n), *want = xmalloc(n * sizeof *want);
+            for (long r = 0; r < rows; r++)
+                for (int c = 0; c < C; c++) {
+                    union {
+                        float f;
+                        uint16_t b;
+                    } w;
+                    gk_store(t, &w, 0, xf[(size_t)r * Cp + c]);
+                    want[(size_t)r * C + c] = gk_load(t, &w, 0);
+                }
+            expect_same_f(t == GK_F32 ? "gk_convert_channels: gradient cut back"
+                                      : "gk_convert_channels: bf16 gradient cut back and widened",
+                          back, want, n);
+            dev_free(d_plain), dev_free(d_pad);
+            free(plain), free(pad), free(back), free(want);
+        }
+        dev_free(d_x), dev_free(d_xp), dev_free(d_back);
+        free(x), free(xf);
+    }
+    ck_assert_int_eq(gk_convert_channels(GK_F32, NULL, 2, GK_F32, NULL, 3, 1, 3, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_convert_channels(GK_F32, NULL, 3, GK_F32, NULL, 2, 1, 3, 0), cudaErrorInvalidValue);
+    GK(gk_convert_channels(GK_BF16, NULL, 8, GK_F32, NULL, 3, 0, 3, 0));
 }
 END_TEST
 
@@ -1385,6 +1459,8 @@ static void check_gather(gk_dtype t) {
         uint8_t *d_img = dev_dup(s.ds.pixels, image * n), *d_lab = dev_dup(s.ds.labels, (size_t)n);
         float *d_lut = dev_dup(mfres_loader_lut(l), (size_t)C * 256 * sizeof(float));
         void *d_dst = dev_alloc(image * B * es);
+        const int Cp = padded_c(C);
+        void *d_padded = dev_alloc((size_t)B * H * W * Cp * es);
         int32_t *d_labels = dev_alloc(B * sizeof(int32_t));
         float *got_nchw = xmalloc(image * B * sizeof(float)), *mine = xmalloc(image * B * sizeof(float));
         int32_t *mine_labels = xmalloc(B * sizeof(int32_t)), *got_labels = xmalloc(B * sizeof(int32_t));
@@ -1400,8 +1476,13 @@ static void check_gather(gk_dtype t) {
             while (mfres_loader_next(l, &x, &y, &count) == 1) {
                 const long first = (long)j * B;
                 GK(gk_gather_batch(t, d_dst, d_labels, d_img, d_lab, d_lut, d_perm, d_oy, d_ox, d_flip, first, B, n, C,
-                                   H, W, 0));
+                                   C, H, W, 0));
                 void *raw = get_raw(d_dst, image * B * es);
+                GK(gk_gather_batch(t, d_padded, d_labels, d_img, d_lab, d_lut, d_perm, d_oy, d_ox, d_flip, first, B, n,
+                                   C, Cp, H, W, 0));
+                void *raw_p = get_raw(d_padded, (size_t)B * H * W * Cp * es);
+                expect_padded(t, "gk_gather_batch with padded channels", raw_p, raw, (size_t)B * H * W, C, Cp);
+                free(raw_p);
                 float *got = get_t(t, d_dst, image * B);
                 dev_get(got_labels, d_labels, B * sizeof(int32_t));
                 host_gather(mine, mine_labels, s.ds.pixels, s.ds.labels, mfres_loader_lut(l), p.perm, p.oy, p.ox,
@@ -1421,7 +1502,7 @@ static void check_gather(gk_dtype t) {
             }
             /* past the end: all padding */
             GK(gk_gather_batch(t, d_dst, d_labels, d_img, d_lab, d_lut, d_perm, d_oy, d_ox, d_flip, (long)n + 3, B, n,
-                               C, H, W, 0));
+                               C, C, H, W, 0));
             float *got = get_t(t, d_dst, image * B);
             dev_get(got_labels, d_labels, B * sizeof(int32_t));
             for (size_t i = 0; i < image * B; i++) EXPECT(got[i] == 0.0f, "padding pixel %zu: %g", i, (double)got[i]);
@@ -1431,7 +1512,7 @@ static void check_gather(gk_dtype t) {
             plan_free(&p);
         }
         mfres_loader_free(l);
-        dev_free(d_img), dev_free(d_lab), dev_free(d_lut), dev_free(d_dst), dev_free(d_labels);
+        dev_free(d_img), dev_free(d_lab), dev_free(d_lut), dev_free(d_dst), dev_free(d_padded), dev_free(d_labels);
         free(got_nchw), free(mine), free(mine_labels), free(got_labels);
         synth_free(&s);
     }
@@ -1473,8 +1554,8 @@ START_TEST(test_invalid_arguments) {
     ck_assert_int_eq(gk_residual(bad, NULL, NULL, NULL, NULL, 0, 0), cudaErrorInvalidValue);
     ck_assert_int_eq(gk_shortcut_a_forward(bad, NULL, NULL, 0, 2, 2, 1, 0), cudaErrorInvalidValue);
     ck_assert_int_eq(gk_avgpool_forward(bad, NULL, NULL, 0, 1, 1, 0), cudaErrorInvalidValue);
-    ck_assert_int_eq(gk_nchw_to_nhwc(bad, NULL, NULL, 0, 1, 1, 1, 0), cudaErrorInvalidValue);
-    ck_assert_int_eq(gk_gather_batch(bad, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, 1, 1, 1, 0),
+    ck_assert_int_eq(gk_nchw_to_nhwc(bad, NULL, NULL, 0, 1, 1, 1, 1, 0), cudaErrorInvalidValue);
+    ck_assert_int_eq(gk_gather_batch(bad, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, 1, 1, 1, 1, 0),
                      cudaErrorInvalidValue);
     CUDA_CHECK(cudaGetLastError());
 }
@@ -1486,6 +1567,7 @@ static Suite *gpu_suite(void) {
     tcase_add_test(tc, test_layout);
     tcase_add_test(tc, test_layout_bf16);
     tcase_add_test(tc, test_convert);
+    tcase_add_test(tc, test_convert_channels);
     tcase_add_loop_test(tc, test_bn_forward, 0, N_BN_SHAPES);
     tcase_add_loop_test(tc, test_bn_forward_bf16, 0, N_BN_SHAPES);
     tcase_add_loop_test(tc, test_bn_backward, 0, N_BN_SHAPES);

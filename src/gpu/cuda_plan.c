@@ -46,8 +46,10 @@ gpu_bn gpu_bn_of(const gpu_plan *g, const mfres_model *m, const arch_bn *bn) {
 /* ------------------------------------------------------------------------ */
 /* convolutions on the model's weights */
 
-/* The weights a convolution reads: the float32 parameters, or their bfloat16 copy. */
+/* The weights a convolution reads: the float32 parameters, or their bfloat16
+ * copy; the stem's padded to its padded input channels where they are. */
 static const void *conv_weights(const gpu_plan *g, const mfres_model *m, const mfres_tensor *w) {
+    if (g->stem_w_pad && w == m->arch->stem.w) return g->stem_w_pad;
     if (g->act == GK_BF16) return (char *)g->params_bf16 + (size_t)(w->data - m->params) * gk_dtype_size(GK_BF16);
     return gpu_param(g, m, w->data);
 }
@@ -67,6 +69,13 @@ int gpu_conv_bwd_data(gpu_plan *g, const mfres_model *m, const gpu_conv *c, void
 int gpu_conv_bwd_weights(gpu_plan *g, const mfres_model *m, const gpu_conv *c, const mfres_tensor *w, const void *x,
                          const void *dy) {
     float *dw = gpu_grad(g, m, w->grad);
+    if (g->stem_dw_pad && w == m->arch->stem.w) { /* the padded channels' gradient is dropped */
+        int rc = gpu_conv_backward_weights(c, g->cudnn, g->stem_dw_pad, x, dy, g->workspace, g->workspace_bytes);
+        if (rc) return rc;
+        KERNEL(gk_convert_channels(GK_F32, dw, m->cfg.in_c, c->dt, g->stem_dw_pad, g->in_c_pad,
+                                   (long)(w->numel / m->cfg.in_c), m->cfg.in_c, g->stream));
+        return MFRES_OK;
+    }
     if (g->act != GK_BF16) return gpu_conv_backward_weights(c, g->cudnn, dw, x, dy, g->workspace, g->workspace_bytes);
     int rc = gpu_conv_backward_weights(c, g->cudnn, g->wgrad_bf16, x, dy, g->workspace, g->workspace_bytes);
     if (rc) return rc;
@@ -116,7 +125,7 @@ static void layout_arena(const mfres_model *m, gpu_plan *g, mem_arena *a) {
     const mfres_arch *ar = m->arch;
     int N = c->batch, w = ar->stem.K, n = m->blocks_per_stage;
     g->x_nchw = take(a, (size_t)N * c->in_c * c->in_h * c->in_w * sizeof(float));
-    g->x_in = take(a, map_bytes(g, N, c->in_c, c->in_h, c->in_w));
+    g->x_in = take(a, map_bytes(g, N, g->in_c_pad, c->in_h, c->in_w));
     g->stem_t = take(a, map_bytes(g, N, w, c->in_h, c->in_w));
     if (ar->stem_bn) {
         g->stem_a = take(a, map_bytes(g, N, w, c->in_h, c->in_w));
@@ -241,15 +250,22 @@ static int upload_steps(gpu_plan *g, const mfres_model *m) {
     return MFRES_OK;
 }
 
-/* The bfloat16 copy of the parameters, after every change to them. */
-static int refresh_bf16(gpu_plan *g, const mfres_model *m) {
+/* The copies of the weights the convolutions read, after every change to the
+ * parameters: the bfloat16 copy, and the stem's padded one. */
+static int refresh_conv_weights(gpu_plan *g, const mfres_model *m) {
     if (g->act == GK_BF16) KERNEL(gk_convert(GK_BF16, g->params_bf16, GK_F32, g->params, (long)m->n_params, g->stream));
+    if (g->stem_w_pad) {
+        const mfres_tensor *w = m->arch->stem.w;
+        int C = m->cfg.in_c;
+        KERNEL(gk_convert_channels(g->stem.dt, g->stem_w_pad, g->in_c_pad, GK_F32, gpu_param(g, m, w->data), C,
+                                   (long)(w->numel / C), C, g->stream));
+    }
     return MFRES_OK;
 }
 
 int gpu_upload(gpu_plan *g, const mfres_model *m) {
     int rc = copy_param_shaped(g, m, g->params, m->params, m->params, false);
-    if (!rc) rc = refresh_bf16(g, m);
+    if (!rc) rc = refresh_conv_weights(g, m);
     if (rc) return rc;
     COPY(g->buffers, m->buffers, m->n_buffers * sizeof(float), cudaMemcpyHostToDevice);
     if (m->n_tau) {
@@ -319,7 +335,11 @@ static int plan_create(gpu_plan *g, const mfres_model *m) {
     CUBLAS_TRY(cublasSetMathMode(g->cublas, g->precision == MFRES_PRECISION_FP32 ? CUBLAS_PEDANTIC_MATH
                                                                                  : CUBLAS_TF32_TENSOR_OP_MATH));
 
-    if ((rc = gpu_conv_init(&g->stem, g->cudnn, &ar->stem, g->N, g->precision, false))) return rc;
+    /* The stem reads the padded input: its shape says so (its weights' padded
+     * channels are zeros, so the output is the same). */
+    arch_conv stem_shape = ar->stem;
+    stem_shape.C = g->in_c_pad;
+    if ((rc = gpu_conv_init(&g->stem, g->cudnn, &stem_shape, g->N, g->precision, false))) return rc;
     g->pos = mfres_alloc(sizeof(gpu_pos) * g->n_pos, "GPU block positions");
     if (!g->pos) return MFRES_ENOMEM;
     memset(g->pos, 0, sizeof(gpu_pos) * g->n_pos);
@@ -356,6 +376,11 @@ static int plan_create(gpu_plan *g, const mfres_model *m) {
         CUDA_TRY(cudaMalloc(&g->params_bf16, np * gk_dtype_size(GK_BF16)));
         CUDA_TRY(cudaMalloc(&g->wgrad_bf16, (largest ? largest : 1) * gk_dtype_size(GK_BF16)));
     }
+    if (g->in_c_pad != c->in_c) {
+        size_t padded = (size_t)(ar->stem.w->numel / c->in_c) * g->in_c_pad * gk_dtype_size(g->stem.dt);
+        CUDA_TRY(cudaMalloc(&g->stem_w_pad, padded));
+        CUDA_TRY(cudaMalloc(&g->stem_dw_pad, padded));
+    }
     CUDA_TRY(cudaMemsetAsync(g->grads, 0, np * sizeof(float), g->stream));
     if (m->n_tau) {
         CUDA_TRY(cudaMalloc((void **)&g->tau, m->n_tau * sizeof(float)));
@@ -385,6 +410,10 @@ int gpu_plan_create(gpu_plan **out, const mfres_model *m, mfres_precision p) {
     memset(g, 0, sizeof *g);
     g->precision = p;
     g->act = p == MFRES_PRECISION_BF16 ? GK_BF16 : GK_F32;
+    /* Tensor cores (tf32, bf16) take channels in multiples of 8 bfloat16 /
+     * 4 floats; cuDNN would pad a 3-channel stem itself, on every call. */
+    int C = m->cfg.in_c;
+    g->in_c_pad = p != MFRES_PRECISION_FP32 && C % 8 ? C + 8 - C % 8 : C;
     if ((rc = plan_create(g, m))) {
         gpu_plan_free(g);
         return mfres_fail_context(rc, "building the GPU plan");
@@ -412,7 +441,8 @@ void gpu_plan_free(gpu_plan *g) {
     void *device[] = {g->arena,  g->workspace, g->cublas_workspace, g->params,       g->grads,
                       g->buffers, g->velocity, g->tau,              g->tau_grad,     g->tau_velocity,
                       g->order,   g->images,   g->image_labels,     g->lut,          g->perm,
-                      g->oy,      g->ox,       g->flip,             g->params_bf16,  g->wgrad_bf16};
+                      g->oy,      g->ox,       g->flip,             g->params_bf16,  g->wgrad_bf16,
+                      g->stem_w_pad, g->stem_dw_pad};
     for (size_t i = 0; i < sizeof device / sizeof *device; i++)
         if (device[i]) cudaFree(device[i]);
     if (g->host_stage) cudaFreeHost(g->host_stage);
@@ -533,7 +563,7 @@ int gpu_forward(gpu_plan *g, const mfres_model *m, const float *images, const in
     size_t n = (size_t)g->N * c->in_c * c->in_h * c->in_w;
     CUDA_TRY(cudaMemcpyAsync(g->x_nchw, images, n * sizeof(float), cudaMemcpyHostToDevice, g->stream));
     CUDA_TRY(cudaMemcpyAsync(g->labels, labels, g->N * sizeof(int32_t), cudaMemcpyHostToDevice, g->stream));
-    KERNEL(gk_nchw_to_nhwc(g->act, g->x_in, g->x_nchw, g->N, c->in_c, c->in_h, c->in_w, g->stream));
+    KERNEL(gk_nchw_to_nhwc(g->act, g->x_in, g->x_nchw, g->N, c->in_c, g->in_c_pad, c->in_h, c->in_w, g->stream));
     int rc = run_forward(g, m, train);
     if (!rc) rc = read_step_stats(g, loss, correct);
     g->have_train_forward = train && rc == MFRES_OK;
@@ -610,7 +640,7 @@ int gpu_data_epoch(gpu_plan *g, const uint32_t *perm, const int8_t *oy, const in
 static int run_update(gpu_plan *g, const mfres_model *m) {
     KERNEL(gk_sgd(g->params, g->velocity, g->grads, (long)m->n_params, g->lr, g->momentum, g->weight_decay,
                   g->nesterov, g->stream));
-    int rc = refresh_bf16(g, m);
+    int rc = refresh_conv_weights(g, m);
     if (rc) return rc;
     if (m->cfg.mode == MFRES_MODE_MEANFIELD && m->n_tau)
         KERNEL(gk_meanfield_update(g->tau, g->tau_velocity, g->tau_grad, g->order, g->h_pos, m->particles, g->lr,
@@ -673,7 +703,7 @@ int gpu_train_step(gpu_plan *g, mfres_model *m, long first, float lr, gpu_step_r
     bool stale = m->n_tau && memcmp(g->graph_order, m->order, m->n_tau * sizeof(int));
     CUDA_TRY(cudaMemcpyAsync(g->lr, &lr, sizeof lr, cudaMemcpyHostToDevice, g->stream));
     KERNEL(gk_gather_batch(g->act, g->x_in, g->labels, g->images, g->image_labels, g->lut, g->perm, g->oy, g->ox, g->flip,
-                           first, g->N, g->n_images, g->img_c, g->img_h, g->img_w, g->stream));
+                           first, g->N, g->n_images, g->img_c, g->in_c_pad, g->img_h, g->img_w, g->stream));
     int rc = launch(g, m, &g->graph_step, stale, pass_train);
     if (rc) return rc;
     if (m->n_tau) memcpy(g->graph_order, m->order, m->n_tau * sizeof(int));

@@ -119,6 +119,12 @@ struct gpu_plan {
      * upload and update), which the convolutions read; and the bfloat16 weight
      * gradient of one convolution before it is widened into grads */
     void *params_bf16, *wgrad_bf16;
+    /* The stem's input channels, padded for the tensor cores under tf32 and
+     * bf16 (a multiple of 8: zeros after the image's channels), and where they
+     * are padded, the stem's weights in that layout (of the convolution's type,
+     * refreshed with the bfloat16 copy) and its padded weight gradient. */
+    int in_c_pad;
+    void *stem_w_pad, *stem_dw_pad;
     float *tau, *tau_grad, *tau_velocity;
     int *order;
     float *h_pos;      /* [3 n]: the step of each position (1 at stage heads and in vanilla mode) */

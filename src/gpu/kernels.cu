@@ -613,15 +613,16 @@ __global__ void k_meanfield_update(float *tau, float *tau_velocity, const float 
 template <typename I, typename T>
 __global__ void k_gather_batch(I n, T *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
                                const float *lut, const uint32_t *perm, const int8_t *oy, const int8_t *ox,
-                               const uint8_t *flip, long first, int batch, long n_total, int C, int H, int W) {
+                               const uint8_t *flip, long first, int batch, long n_total, int C, int C_dst, int H,
+                               int W) {
     GRID_STRIDE(I, i, n) {
-        I c = i % (I)C, q = i / (I)C;
+        I c = i % (I)C_dst, q = i / (I)C_dst;
         const int x = (int)(q % (I)W);
         q /= (I)W;
         const int y = (int)(q % (I)H);
         const long pos = first + (long)(q / (I)H);
         float v = 0.0f;
-        if (pos < n_total) {
+        if (pos < n_total && c < (I)C) {
             const float *t = lut + c * 256;
             const int sy = y + oy[pos], sx = (flip[pos] ? W - 1 - x : x) + ox[pos];
             if (sy < 0 || sy >= H || sx < 0 || sx >= W)
@@ -639,12 +640,12 @@ __global__ void k_gather_batch(I n, T *dst, int32_t *labels, const uint8_t *imag
 
 /* float32 NCHW -> NHWC of type T, and back. */
 template <typename I, typename T>
-__global__ void k_nchw_to_nhwc(I n, T *dst, const float *src, int C, int H, int W) {
+__global__ void k_nchw_to_nhwc(I n, T *dst, const float *src, int C, int C_dst, int H, int W) {
     GRID_STRIDE(I, i, n) {
-        I c = i % (I)C, q = i / (I)C, x = q % (I)W;
+        I c = i % (I)C_dst, q = i / (I)C_dst, x = q % (I)W;
         q /= (I)W;
         I y = q % (I)H, b = q / (I)H;
-        dst[i] = from_f32<T>(src[((b * (I)C + c) * (I)H + y) * (I)W + x]);
+        dst[i] = c < (I)C ? from_f32<T>(src[((b * (I)C + c) * (I)H + y) * (I)W + x]) : from_f32<T>(0.0f);
     }
 }
 
@@ -670,6 +671,19 @@ __global__ void k_convert(I n, D *dst, const S *src) {
     }
 }
 
+template <typename I, typename D, typename S>
+__global__ void k_convert_channels(I n, D *dst, int dst_c, const S *src, int src_c, int c) {
+    GRID_STRIDE(I, i, n) {
+        const I r = i / (I)dst_c, j = i - r * (I)dst_c;
+        if (j >= (I)c)
+            dst[i] = from_f32<D>(0.0f);
+        else if constexpr (std::is_same<D, S>::value)
+            dst[i] = src[r * (I)src_c + j];
+        else
+            dst[i] = from_f32<D>(to_f32(src[r * (I)src_c + j]));
+    }
+}
+
 } /* namespace */
 
 /* ---- the C interface ------------------------------------------------------------------ */
@@ -692,6 +706,26 @@ int gk_convert(gk_dtype dst_t, void *dst, gk_dtype src_t, const void *src, long 
             using S = typename decltype(stag)::type;
             if (n < 0) return invalid();
             EW_LAUNCH_T(k_convert, D, n, n, s, (D *)dst, (const S *)src); /* S from the argument */
+        });
+    });
+}
+
+int gk_convert_channels(gk_dtype dst_t, void *dst, int dst_c, gk_dtype src_t, const void *src, int src_c, long rows,
+                        int c, cudaStream_t s) {
+    return with_dtype(dst_t, [&](auto dtag) {
+        using D = typename decltype(dtag)::type;
+        return with_dtype(src_t, [&](auto stag) {
+            using S = typename decltype(stag)::type;
+            if (rows < 0 || c < 0 || c > dst_c || c > src_c) return invalid();
+            const long n = rows * dst_c, span = rows * (dst_c > src_c ? dst_c : src_c);
+            if (n <= 0) return 0;
+            if (fits32(span))
+                k_convert_channels<uint32_t, D, S><<<ew_blocks(n), EW_THREADS, 0, s>>>((uint32_t)n, (D *)dst, dst_c,
+                                                                                       (const S *)src, src_c, c);
+            else
+                k_convert_channels<uint64_t, D, S><<<ew_blocks(n), EW_THREADS, 0, s>>>((uint64_t)n, (D *)dst, dst_c,
+                                                                                       (const S *)src, src_c, c);
+            return last_error();
         });
     });
 }
@@ -922,22 +956,22 @@ int gk_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, 
 
 int gk_gather_batch(gk_dtype t, void *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
                     const float *lut, const uint32_t *perm, const int8_t *oy, const int8_t *ox, const uint8_t *flip,
-                    long first, int batch, long n_total, int C, int H, int W, cudaStream_t s) {
+                    long first, int batch, long n_total, int C, int C_dst, int H, int W, cudaStream_t s) {
     return with_dtype(t, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        if (first < 0 || batch < 0 || C <= 0 || H <= 0 || W <= 0) return invalid();
-        const long n = (long)batch * C * H * W;
+        if (first < 0 || batch < 0 || C <= 0 || C_dst < C || H <= 0 || W <= 0) return invalid();
+        const long n = (long)batch * C_dst * H * W;
         EW_LAUNCH_T(k_gather_batch, T, n, n, s, (T *)dst, labels, images, image_labels, lut, perm, oy, ox, flip, first,
-                    batch, n_total, C, H, W);
+                    batch, n_total, C, C_dst, H, W);
     });
 }
 
-int gk_nchw_to_nhwc(gk_dtype t, void *dst, const float *src, int N, int C, int H, int W, cudaStream_t s) {
+int gk_nchw_to_nhwc(gk_dtype t, void *dst, const float *src, int N, int C, int C_dst, int H, int W, cudaStream_t s) {
     return with_dtype(t, [&](auto tag) {
         using T = typename decltype(tag)::type;
-        if (N < 0 || C < 0 || H < 0 || W < 0) return invalid();
-        const long n = (long)N * C * H * W;
-        EW_LAUNCH_T(k_nchw_to_nhwc, T, n, n, s, (T *)dst, src, C, H, W);
+        if (N < 0 || C < 0 || C_dst < C || H < 0 || W < 0) return invalid();
+        const long n = (long)N * C_dst * H * W;
+        EW_LAUNCH_T(k_nchw_to_nhwc, T, n, n, s, (T *)dst, src, C, C_dst, H, W);
     });
 }
 

@@ -71,6 +71,13 @@ size_t gk_partials_floats(int C);
  * the bfloat16 copy of the weights, the float32 weight gradient from cuDNN's
  * bfloat16 one. */
 int gk_convert(gk_dtype dst_t, void *dst, gk_dtype src_t, const void *src, long n, cudaStream_t s);
+/* The same row by row, with channels padded or cut: for each of `rows` rows,
+ * dst[r * dst_c + j] = src[r * src_c + j] converted for j < c, and 0 for
+ * c <= j < dst_c (c <= src_c, c <= dst_c). The stem's weights (KRSC: rows =
+ * K*R*S) padded to the input channels the tensor cores want, and its padded
+ * weight gradient cut back. */
+int gk_convert_channels(gk_dtype dst_t, void *dst, int dst_c, gk_dtype src_t, const void *src, int src_c, long rows,
+                        int c, cudaStream_t s);
 
 /* ---- batch norm (training: batch statistics) ------------------------------ */
 
@@ -183,19 +190,21 @@ int gk_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, 
 
 /* The training batch, as the CPU loader makes it (src/data/loader.c):
  * image k of the batch is data set image perm[first + k] (bytes C x H x W, the
- * CIFAR / IDX layout), written NHWC as lut[c * 256 + byte] after a crop at
+ * CIFAR / IDX layout), written NHWC with C_dst >= C channels (channels from C
+ * on are zeros: padding for the stem's tensor cores) as lut[c * 256 + byte] after a crop at
  * offsets (oy[k'], ox[k']) in [-pad, pad] and a horizontal flip when flip[k'],
  * k' = first + k; pixels from outside the image are lut[c * 256 + 0]. Rows
  * first + k >= n_total are padding: zeros and label -1. labels[k] = the data
  * set's label of that image. */
 int gk_gather_batch(gk_dtype t, void *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
                     const float *lut, const uint32_t *perm, const int8_t *oy, const int8_t *ox, const uint8_t *flip,
-                    long first, int batch, long n_total, int C, int H, int W, cudaStream_t s);
+                    long first, int batch, long n_total, int C, int C_dst, int H, int W, cudaStream_t s);
 
 /* ---- layout ------------------------------------------------------------------- */
 
-/* NCHW float32 -> NHWC of type t (input batches given by the host), and back (tests). */
-int gk_nchw_to_nhwc(gk_dtype t, void *dst, const float *src, int N, int C, int H, int W, cudaStream_t s);
+/* NCHW float32 -> NHWC of type t with C_dst >= C channels, the rest zeros
+ * (input batches given by the host), and back (tests). */
+int gk_nchw_to_nhwc(gk_dtype t, void *dst, const float *src, int N, int C, int C_dst, int H, int W, cudaStream_t s);
 int gk_nhwc_to_nchw(gk_dtype t, float *dst, const void *src, int N, int C, int H, int W, cudaStream_t s);
 
 #ifdef __cplusplus

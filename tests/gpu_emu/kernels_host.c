@@ -30,6 +30,18 @@ int gk_convert(gk_dtype dst_t, void *dst, gk_dtype src_t, const void *src, long 
     return 0;
 }
 
+int gk_convert_channels(gk_dtype dst_t, void *dst, int dst_c, gk_dtype src_t, const void *src, int src_c, long rows,
+                        int c, cudaStream_t s) {
+    (void)s;
+    CHECK_DTYPE(dst_t);
+    CHECK_DTYPE(src_t);
+    if (rows < 0 || c < 0 || c > dst_c || c > src_c) return cudaErrorInvalidValue;
+    for (long r = 0; r < rows; r++)
+        for (int j = 0; j < dst_c; j++)
+            gk_store(dst_t, dst, (size_t)r * dst_c + j, j < c ? gk_load(src_t, src, (size_t)r * src_c + j) : 0.0f);
+    return 0;
+}
+
 int gk_bn_stats(gk_dtype t, const void *x, long rows, int C, float eps, float momentum, float *mean, float *invstd,
                 float *running_mean, float *running_var, float *partials, cudaStream_t s) {
     (void)partials, (void)s;
@@ -336,35 +348,37 @@ int gk_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, 
 
 int gk_gather_batch(gk_dtype t, void *dst, int32_t *labels, const uint8_t *images, const uint8_t *image_labels,
                     const float *lut, const uint32_t *perm, const int8_t *oy, const int8_t *ox, const uint8_t *flip,
-                    long first, int batch, long n_total, int C, int H, int W, cudaStream_t s) {
+                    long first, int batch, long n_total, int C, int C_dst, int H, int W, cudaStream_t s) {
     (void)s;
     CHECK_DTYPE(t);
+    if (C_dst < C) return cudaErrorInvalidValue;
     for (int k = 0; k < batch; k++) {
         long pos = first + k;
         labels[k] = pos < n_total ? image_labels[perm[pos]] : -1;
         for (int y = 0; y < H; y++)
             for (int x = 0; x < W; x++)
-                for (int c = 0; c < C; c++) {
+                for (int c = 0; c < C_dst; c++) {
                     float v = 0;
-                    if (pos < n_total) {
+                    if (pos < n_total && c < C) {
                         int sy = y + oy[pos], sx = (flip[pos] ? W - 1 - x : x) + ox[pos];
                         v = sy < 0 || sy >= H || sx < 0 || sx >= W
                                 ? lut[c * 256]
                                 : lut[c * 256 + images[((size_t)perm[pos] * C + c) * H * W + (size_t)sy * W + sx]];
                     }
-                    gk_store(t, dst, (((size_t)k * H + y) * W + x) * C + c, v);
+                    gk_store(t, dst, (((size_t)k * H + y) * W + x) * C_dst + c, v);
                 }
     }
     return 0;
 }
 
-int gk_nchw_to_nhwc(gk_dtype t, void *dst, const float *src, int N, int C, int H, int W, cudaStream_t s) {
+int gk_nchw_to_nhwc(gk_dtype t, void *dst, const float *src, int N, int C, int C_dst, int H, int W, cudaStream_t s) {
     (void)s;
     CHECK_DTYPE(t);
+    if (C_dst < C) return cudaErrorInvalidValue;
     for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++)
+        for (int c = 0; c < C_dst; c++)
             for (int i = 0; i < H * W; i++)
-                gk_store(t, dst, ((size_t)n * H * W + i) * C + c, src[((size_t)n * C + c) * H * W + i]);
+                gk_store(t, dst, ((size_t)n * H * W + i) * C_dst + c, c < C ? src[((size_t)n * C + c) * H * W + i] : 0);
     return 0;
 }
 int gk_nhwc_to_nchw(gk_dtype t, float *dst, const void *src, int N, int C, int H, int W, cudaStream_t s) {
