@@ -1280,17 +1280,30 @@ START_TEST(test_sgd) {
         double *p = randn(n, 200 + _i, 0.0, 1.0), *v = randn(n, 210 + _i, 0.0, 0.1), *g = randn(n, 220 + _i, 0, 1);
         float *pf = round_f(p, n), *vf = round_f(v, n), *gf = round_f(g, n);
         float *d_p = dev_dup(pf, bytes), *d_v = dev_dup(vf, bytes), *d_g = dev_dup(gf, bytes), *d_lr = dev_scalar(0.1f);
-        /* two steps, the rate changed on the device between them */
-        GK(gk_sgd(d_p, d_v, d_g, (long)n, d_lr, 0.9f, 5e-4f, nesterov, 0));
+        double loss = 2.5;
+        double *d_guard = dev_dup(&loss, sizeof loss);
+        /* two steps, the rate changed on the device between them; the first
+         * behind a finite loss guard, the second without one */
+        GK(gk_sgd(d_p, d_v, d_g, (long)n, d_lr, 0.9f, 5e-4f, nesterov, d_guard, 0));
         float lr2 = 0.05f;
         dev_put(d_lr, &lr2, sizeof lr2);
-        GK(gk_sgd(d_p, d_v, d_g, (long)n, d_lr, 0.9f, 5e-4f, nesterov, 0));
+        GK(gk_sgd(d_p, d_v, d_g, (long)n, d_lr, 0.9f, 5e-4f, nesterov, NULL, 0));
         mfres_sgd_update(pf, vf, gf, n, 0.1f, 0.9f, 5e-4f, nesterov);
         mfres_sgd_update(pf, vf, gf, n, 0.05f, 0.9f, 5e-4f, nesterov);
         float *gp = get_f(d_p, n), *gv = get_f(d_v, n);
         expect_sgd(nesterov ? "gk_sgd nesterov params" : "gk_sgd params", gp, pf, n);
         expect_sgd(nesterov ? "gk_sgd nesterov velocity" : "gk_sgd velocity", gv, vf, n);
-        dev_free(d_p), dev_free(d_v), dev_free(d_g), dev_free(d_lr);
+        /* a NaN or infinite loss: nothing moves */
+        const double bad[] = {NAN, INFINITY, -INFINITY};
+        for (int k = 0; k < 3; k++) {
+            dev_put(d_guard, &bad[k], sizeof bad[k]);
+            GK(gk_sgd(d_p, d_v, d_g, (long)n, d_lr, 0.9f, 5e-4f, nesterov, d_guard, 0));
+            float *gp2 = get_f(d_p, n), *gv2 = get_f(d_v, n);
+            expect_same_bytes("gk_sgd params after a bad loss", gp2, gp, n, sizeof(float));
+            expect_same_bytes("gk_sgd velocity after a bad loss", gv2, gv, n, sizeof(float));
+            free(gp2), free(gv2);
+        }
+        dev_free(d_p), dev_free(d_v), dev_free(d_g), dev_free(d_lr), dev_free(d_guard);
         free(p), free(v), free(g), free(pf), free(vf), free(gf), free(gp), free(gv);
     }
 }
@@ -1322,7 +1335,7 @@ START_TEST(test_graph_reads_values) {
                      0);
     ck_assert_int_eq(gk_scale(GK_F32, d_y, d_scale, (long)n, st), 0);
     ck_assert_int_eq(gk_bn_backward_params(d_sums, 1, d_gamma, d_beta, d_scale, d_dg, d_db, NULL, st), 0);
-    ck_assert_int_eq(gk_sgd(d_p, d_v, d_b, (long)n, d_lr, 0.9f, 0.0f, 0, st), 0);
+    ck_assert_int_eq(gk_sgd(d_p, d_v, d_b, (long)n, d_lr, 0.9f, 0.0f, 0, NULL, st), 0);
     CUDA_CHECK(cudaStreamEndCapture(st, &graph));
     CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     double *want = xmalloc(n * sizeof(double)), *branch = xmalloc(n * sizeof(double));
@@ -1396,8 +1409,10 @@ START_TEST(test_meanfield) {
         expect_close("gk_meanfield_tau_grad vs mf_tau_grad", tg, tg_lib, n, 1e-6);
 
         /* the update: SGD at lr * lr_mult without weight decay, clamp, sort, steps */
+        double loss = 1.0;
+        double *d_guard = dev_dup(&loss, sizeof loss);
         GK(gk_meanfield_update(d_tau, d_vel, d_grad, d_order, d_h, P, d_lr, lr_mult, mom, nesterov, tau_end, d_changed,
-                               0));
+                               d_guard, 0));
         float *gtau = get_f(d_tau, n), *gvel = get_f(d_vel, n), *gh = get_f(d_h, npos);
         int *gorder = xmalloc(n * sizeof(int)), changed;
         dev_get(gorder, d_order, n * sizeof(int));
@@ -1420,11 +1435,32 @@ START_TEST(test_meanfield) {
         ck_assert_msg(changed == (changed_want > 0), "changed = %d, want %d (stages reordered: %d)", changed,
                       changed_want > 0, changed_want);
 
+        /* a NaN loss: nothing moves, and nothing changed */
+        double nan_loss = NAN;
+        int one = 1;
+        dev_put(d_guard, &nan_loss, sizeof nan_loss);
+        dev_put(d_changed, &one, sizeof one);
+        GK(gk_meanfield_update(d_tau, d_vel, d_grad, d_order, d_h, P, d_lr, lr_mult, mom, nesterov, tau_end, d_changed,
+                               d_guard, 0));
+        {
+            float *t2 = get_f(d_tau, n), *v2 = get_f(d_vel, n), *h2 = get_f(d_h, npos);
+            int *o2 = xmalloc(n * sizeof(int));
+            dev_get(o2, d_order, n * sizeof(int));
+            dev_get(&changed, d_changed, sizeof changed);
+            expect_same_bytes("gk_meanfield_update tau after a NaN loss", t2, gtau, (size_t)n, sizeof(float));
+            expect_same_bytes("gk_meanfield_update velocity after a NaN loss", v2, gvel, (size_t)n, sizeof(float));
+            expect_same_bytes("gk_meanfield_update h after a NaN loss", h2, gh, (size_t)npos, sizeof(float));
+            expect_same_bytes("gk_meanfield_update order after a NaN loss", o2, gorder, (size_t)n, sizeof(int));
+            ck_assert_msg(changed == 0, "changed = %d after a NaN loss", changed);
+            free(t2), free(v2), free(h2), free(o2);
+        }
+        dev_free(d_guard);
+
         /* lr 0 on the device: tau stays, so no order changes */
         float zero = 0.0f;
         dev_put(d_lr, &zero, sizeof zero);
         GK(gk_meanfield_update(d_tau, d_vel, d_grad, d_order, d_h, P, d_lr, lr_mult, mom, nesterov, tau_end, d_changed,
-                               0));
+                               NULL, 0));
         float *gtau2 = get_f(d_tau, n);
         dev_get(&changed, d_changed, sizeof changed);
         expect_same_f("gk_meanfield_update tau at lr 0", gtau2, gtau, n);
@@ -1531,7 +1567,7 @@ START_TEST(test_invalid_arguments) {
                      cudaErrorInvalidValue);
     ck_assert_int_eq(gk_bn_stats(GK_F32, NULL, 16, 0, EPS, 0.1f, NULL, NULL, NULL, NULL, NULL, 0),
                      cudaErrorInvalidValue);
-    ck_assert_int_eq(gk_meanfield_update(NULL, NULL, NULL, NULL, NULL, 100000, NULL, 1, 0.9f, 0, 1, NULL, 0),
+    ck_assert_int_eq(gk_meanfield_update(NULL, NULL, NULL, NULL, NULL, 100000, NULL, 1, 0.9f, 0, 1, NULL, NULL, 0),
                      cudaErrorInvalidValue);
     ck_assert_int_eq(gk_softmax_xent_forward(NULL, NULL, NULL, 4, 0, NULL, NULL, 0), cudaErrorInvalidValue);
     ck_assert_int_eq(gk_convert(GK_BF16, NULL, GK_F32, NULL, -1, 0), cudaErrorInvalidValue);

@@ -564,6 +564,53 @@ START_TEST(gpu_bf16_training_same_bits_and_learns) {
 }
 END_TEST
 
+/* A step whose loss is not finite updates nothing and says so: the update,
+ * launched behind the pass before the host has seen the loss, reads it on the
+ * device and skips itself (parameters, momentum, tau and the order unchanged). */
+START_TEST(gpu_bad_loss_updates_nothing) {
+    tiny_data t;
+    make_tiny_data(&t, 32, 8, 8, 7);
+    mfres_model_config cfg;
+    mfres_model_config_default(&cfg);
+    cfg.depth = 14, cfg.mode = MFRES_MODE_MEANFIELD, cfg.batch = 8, cfg.in_c = 1, cfg.in_h = cfg.in_w = 8;
+    cfg.num_classes = 5;
+    mfres_model m;
+    ck_assert_ok(mfres_model_create(&m, &cfg, 9));
+    mfres_optimizer o;
+    ck_assert_ok(mfres_optimizer_init(&o, &m, 0.1f, 0.9f, 1e-4f, false, 1.0f));
+    ck_assert_ok(mfres_model_set_device(&m, MFRES_DEVICE_CUDA, MFRES_PRECISION_FP32));
+    ck_assert_ok(gpu_optim_upload(m.gpu, &m, &o));
+    upload_identity_epoch(&m, &t);
+    gpu_step_result r;
+    ck_assert_ok(gpu_train_step(m.gpu, &m, 0, o.lr, &r)); /* a good step first: the momentum is not zero */
+    ck_assert_ok(mfres_model_sync_host(&m, false));
+    mfres_tensor *bias = mfres_model_find(&m, "fc.bias");
+    ck_assert_ptr_nonnull(bias);
+    bias->data[0] = INFINITY; /* a logit of +inf: the softmax gives NaN */
+    ck_assert_ok(mfres_model_sync_device(&m));
+    float *params = malloc(m.n_params * sizeof(float)), *tau = malloc((m.n_tau + 1) * sizeof(float));
+    float *velocity = malloc(m.n_params * sizeof(float));
+    int *order = malloc((m.n_tau + 1) * sizeof(int));
+    memcpy(params, m.params, m.n_params * sizeof(float));
+    memcpy(tau, m.tau, m.n_tau * sizeof(float));
+    memcpy(order, m.order, m.n_tau * sizeof(int));
+    ck_assert_ok(gpu_optim_download(m.gpu, &m, &o));
+    memcpy(velocity, o.velocity, m.n_params * sizeof(float));
+    ck_assert_int_eq(gpu_train_step(m.gpu, &m, 8, o.lr, &r), MFRES_ENUMERIC);
+    mfres_clear_error();
+    ck_assert_ok(mfres_model_sync_host(&m, false));
+    ck_assert_ok(gpu_optim_download(m.gpu, &m, &o));
+    ck_assert_msg(!memcmp(params, m.params, m.n_params * sizeof(float)), "a NaN loss changed the parameters");
+    ck_assert_msg(!memcmp(velocity, o.velocity, m.n_params * sizeof(float)), "a NaN loss changed the momentum");
+    ck_assert_msg(!memcmp(tau, m.tau, m.n_tau * sizeof(float)), "a NaN loss changed tau");
+    ck_assert_msg(!memcmp(order, m.order, m.n_tau * sizeof(int)), "a NaN loss changed the block order");
+    free(params), free(tau), free(velocity), free(order);
+    mfres_optimizer_free(&o);
+    mfres_model_free(&m);
+    free_tiny_data(&t);
+}
+END_TEST
+
 /* A model file written after GPU training loads on the CPU and evaluates the same. */
 START_TEST(gpu_model_file_evaluates_the_same_on_the_cpu) {
     tiny_data t;
@@ -680,6 +727,7 @@ static Suite *make_suite(void) {
         tcase_add_test(tc, gpu_matches_cpu_resnext);
         tcase_add_test(tc, gpu_training_step_matches_cpu_and_swaps_blocks);
         tcase_add_test(tc, gpu_same_inputs_same_bits);
+        tcase_add_test(tc, gpu_bad_loss_updates_nothing);
         tcase_add_test(tc, gpu_model_file_evaluates_the_same_on_the_cpu);
         tcase_add_test(tc, gpu_training_resumes_bit_identically);
     }

@@ -7,12 +7,13 @@
  * a counting pass like the CPU plan's, one cuDNN workspace sized for the
  * hungriest convolution, and the training set as bytes.
  *
- * A training step is two launches: the batch gather, then the forward and
- * backward pass; the host reads the loss (a non-finite one stops before any
- * update), then the update (SGD on theta, Algorithm 1 on tau), and the host
- * reads the new block order. The pass and the update are CUDA graphs; the
- * pass's graph binds every position to the parameters of the block sorted
- * there, so it is captured again when, and only when, the order changes. */
+ * A training step: the batch gather, the forward and backward pass, and the
+ * update (SGD on theta, Algorithm 1 on tau), launched one after the other;
+ * the update's kernels read the batch's loss on the device and skip
+ * themselves when it is not finite, so the host waits once, at the end, for
+ * the loss and the new block order together. The pass and the update are CUDA
+ * graphs; the pass's graph binds every position to the parameters of the block
+ * sorted there, so it is captured again when, and only when, the order changes. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -545,10 +546,15 @@ static int run_backward(gpu_plan *g, const mfres_model *m) {
 /* ------------------------------------------------------------------------ */
 /* one batch from the host (tests, evaluation) */
 
-static int read_step_stats(gpu_plan *g, double *loss, int *correct) {
+/* The batch's loss and counts, copied to host_step by the stream: enqueue
+ * the copy, then after a synchronisation read them. */
+static int enqueue_step_stats(gpu_plan *g) {
     CUDA_TRY(cudaMemcpyAsync(g->host_step->stats, g->step_stats, 3 * sizeof(double), cudaMemcpyDeviceToHost,
                              g->stream));
-    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    return MFRES_OK;
+}
+
+static int step_stats(gpu_plan *g, double *loss, int *correct) {
     double sum = g->host_step->stats[0], valid = g->host_step->stats[1];
     *loss = valid > 0 ? sum / valid : 0.0;
     if (correct) *correct = (int)g->host_step->stats[2];
@@ -565,7 +571,11 @@ int gpu_forward(gpu_plan *g, const mfres_model *m, const float *images, const in
     CUDA_TRY(cudaMemcpyAsync(g->labels, labels, g->N * sizeof(int32_t), cudaMemcpyHostToDevice, g->stream));
     KERNEL(gk_nchw_to_nhwc(g->act, g->x_in, g->x_nchw, g->N, c->in_c, g->in_c_pad, c->in_h, c->in_w, g->stream));
     int rc = run_forward(g, m, train);
-    if (!rc) rc = read_step_stats(g, loss, correct);
+    if (!rc) rc = enqueue_step_stats(g);
+    if (!rc) {
+        cudaError_t e = cudaStreamSynchronize(g->stream);
+        rc = e == cudaSuccess ? step_stats(g, loss, correct) : cuda_fail(e, "cudaStreamSynchronize", __FILE__, __LINE__);
+    }
     g->have_train_forward = train && rc == MFRES_OK;
     return rc;
 }
@@ -638,13 +648,16 @@ int gpu_data_epoch(gpu_plan *g, const uint32_t *perm, const int8_t *oy, const in
 }
 
 static int run_update(gpu_plan *g, const mfres_model *m) {
+    /* Both updates read the batch's loss on the device and skip themselves
+     * when it is not finite (kernels.h). */
     KERNEL(gk_sgd(g->params, g->velocity, g->grads, (long)m->n_params, g->lr, g->momentum, g->weight_decay,
-                  g->nesterov, g->stream));
+                  g->nesterov, g->step_stats, g->stream));
     int rc = refresh_conv_weights(g, m);
     if (rc) return rc;
     if (m->cfg.mode == MFRES_MODE_MEANFIELD && m->n_tau)
         KERNEL(gk_meanfield_update(g->tau, g->tau_velocity, g->tau_grad, g->order, g->h_pos, m->particles, g->lr,
-                                   g->tau_lr_mult, g->momentum, g->nesterov, g->tau_end, g->changed, g->stream));
+                                   g->tau_lr_mult, g->momentum, g->nesterov, g->tau_end, g->changed, g->step_stats,
+                                   g->stream));
     return MFRES_OK;
 }
 
@@ -708,16 +721,22 @@ int gpu_train_step(gpu_plan *g, mfres_model *m, long first, float lr, gpu_step_r
     if (rc) return rc;
     if (m->n_tau) memcpy(g->graph_order, m->order, m->n_tau * sizeof(int));
     g->have_train_forward = true;
-    double loss;
-    int correct;
-    if ((rc = read_step_stats(g, &loss, &correct))) return rc; /* a bad loss: no update */
-    res->loss = loss, res->correct = correct, res->valid = (int)g->host_step->stats[1];
-    if ((rc = launch(g, m, &g->graph_update, false, run_update))) return rc;
-    if (m->cfg.mode == MFRES_MODE_MEANFIELD && m->n_tau) {
+    /* The update goes at once, behind the pass: its kernels skip themselves
+     * when the loss is not finite, so the host waits once per step, for the
+     * loss and the new block order together. */
+    if ((rc = launch(g, m, &g->graph_update, false, run_update)) || (rc = enqueue_step_stats(g))) return rc;
+    bool meanfield = m->cfg.mode == MFRES_MODE_MEANFIELD && m->n_tau;
+    if (meanfield) {
         CUDA_TRY(cudaMemcpyAsync(&g->host_step->changed, g->changed, sizeof(int), cudaMemcpyDeviceToHost, g->stream));
         CUDA_TRY(cudaMemcpyAsync(g->host_step->order, g->order, m->n_tau * sizeof(int), cudaMemcpyDeviceToHost,
                                  g->stream));
-        CUDA_TRY(cudaStreamSynchronize(g->stream));
+    }
+    CUDA_TRY(cudaStreamSynchronize(g->stream));
+    double loss;
+    int correct;
+    if ((rc = step_stats(g, &loss, &correct))) return rc; /* a bad loss: the update skipped itself */
+    res->loss = loss, res->correct = correct, res->valid = (int)g->host_step->stats[1];
+    if (meanfield) {
         int reorders = 0;
         for (int s = 0; s < 3; s++)
             reorders += memcmp(m->order + s * P, g->host_step->order + s * P, P * sizeof(int)) != 0;

@@ -542,9 +542,18 @@ __device__ __forceinline__ void sgd_one(float &p, float &v, float g, float lr, f
     p = __fsub_rn(p, __fmul_rn(lr, nesterov ? __fadd_rn(d, __fmul_rn(momentum, v)) : v));
 }
 
+/* The update's guard (kernels.h): false when the step's loss is not finite
+ * (v - v is 0 for every finite v, NaN for infinities and NaN). */
+__device__ __forceinline__ bool loss_ok(const double *loss_guard) {
+    if (!loss_guard) return true;
+    const double v = *loss_guard;
+    return v - v == 0.0;
+}
+
 template <typename I>
 __global__ void k_sgd(I n, float *p, float *v, const float *g, const float *lr, float momentum, float weight_decay,
-                      int nesterov) {
+                      int nesterov, const double *loss_guard) {
+    if (!loss_ok(loss_guard)) return;
     const float rate = *lr;
     GRID_STRIDE(I, i, n) {
         float pi = p[i], vi = v[i];
@@ -563,7 +572,11 @@ __global__ void k_meanfield_tau_grad(float *tau_grad, const int *order, const fl
 
 __global__ void k_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, int *order, float *h_pos,
                                    int P, const float *lr, float lr_mult, float momentum, int nesterov, float tau_end,
-                                   int *changed) {
+                                   int *changed, const double *loss_guard) {
+    if (!loss_ok(loss_guard)) { /* every thread reads the same: all leave before any barrier */
+        if (threadIdx.x == 0) *changed = 0;
+        return;
+    }
     extern __shared__ float s_mem[];
     float *s_tau = s_mem;
     int *s_sorted = (int *)(s_mem + MF_STAGES * P);
@@ -933,8 +946,8 @@ int gk_softmax_xent_backward(float *dlogits, const float *probs, const int32_t *
 }
 
 int gk_sgd(float *p, float *v, const float *g, long n, const float *lr, float momentum, float weight_decay,
-           int nesterov, cudaStream_t s) {
-    EW_LAUNCH(k_sgd, n, n, s, p, v, g, lr, momentum, weight_decay, nesterov);
+           int nesterov, const double *loss_guard, cudaStream_t s) {
+    EW_LAUNCH(k_sgd, n, n, s, p, v, g, lr, momentum, weight_decay, nesterov, loss_guard);
 }
 
 int gk_meanfield_tau_grad(float *tau_grad, const int *order, const float *dh, int P, cudaStream_t s) {
@@ -946,11 +959,11 @@ int gk_meanfield_tau_grad(float *tau_grad, const int *order, const float *dh, in
 
 int gk_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, int *order, float *h_pos, int P,
                         const float *lr, float lr_mult, float momentum, int nesterov, float tau_end, int *changed,
-                        cudaStream_t s) {
+                        const double *loss_guard, cudaStream_t s) {
     if (P < 0 || P > MF_MAX_P) return invalid();
     const size_t shared = (size_t)MF_STAGES * P * (sizeof(float) + sizeof(int));
     k_meanfield_update<<<1, MF_THREADS, shared, s>>>(tau, tau_velocity, tau_grad, order, h_pos, P, lr, lr_mult,
-                                                     momentum, nesterov, tau_end, changed);
+                                                     momentum, nesterov, tau_end, changed, loss_guard);
     return last_error();
 }
 

@@ -166,10 +166,16 @@ int gk_softmax_xent_backward(float *dlogits, const float *probs, const int32_t *
 
 /* ---- optimiser and Algorithm 1 ---------------------------------------------- */
 
+/* The update's guard: when `loss_guard` is not NULL and *loss_guard (the
+ * batch's loss sum, step[0] of gk_softmax_xent_forward) is NaN or infinite,
+ * gk_sgd and gk_meanfield_update write nothing (and *changed = 0): a step with
+ * a bad loss updates nothing, as on the CPU, without the host having to read
+ * the loss before it launches the update. */
+
 /* PyTorch SGD, dampening 0, over n floats; lr = *lr (device):
  * d = g + wd p;  v = mom v + d;  p -= lr (nesterov ? d + mom v : v). */
 int gk_sgd(float *p, float *v, const float *g, long n, const float *lr, float momentum, float weight_decay,
-           int nesterov, cudaStream_t s);
+           int nesterov, const double *loss_guard, cudaStream_t s);
 
 /* Algorithm 1 after the backward pass, for 3 stages of P particles, on one
  * thread block (P is small):
@@ -184,7 +190,7 @@ int gk_sgd(float *p, float *v, const float *g, long n, const float *lr, float mo
 int gk_meanfield_tau_grad(float *tau_grad, const int *order, const float *dh, int P, cudaStream_t s);
 int gk_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, int *order, float *h_pos, int P,
                         const float *lr, float lr_mult, float momentum, int nesterov, float tau_end, int *changed,
-                        cudaStream_t s);
+                        const double *loss_guard, cudaStream_t s);
 
 /* ---- data --------------------------------------------------------------------- */
 

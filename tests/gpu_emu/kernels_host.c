@@ -299,8 +299,9 @@ static void sgd_one(float *p, float *v, float g, float lr, float momentum, float
     *p -= lr * (nesterov ? d + momentum * *v : *v);
 }
 int gk_sgd(float *p, float *v, const float *g, long n, const float *lr, float momentum, float weight_decay,
-           int nesterov, cudaStream_t s) {
+           int nesterov, const double *loss_guard, cudaStream_t s) {
     (void)s;
+    if (loss_guard && !isfinite(*loss_guard)) return 0;
     for (long i = 0; i < n; i++) sgd_one(&p[i], &v[i], g[i], *lr, momentum, weight_decay, nesterov);
     return 0;
 }
@@ -315,8 +316,12 @@ int gk_meanfield_tau_grad(float *tau_grad, const int *order, const float *dh, in
 }
 int gk_meanfield_update(float *tau, float *tau_velocity, const float *tau_grad, int *order, float *h_pos, int P,
                         const float *lr, float lr_mult, float momentum, int nesterov, float tau_end, int *changed,
-                        cudaStream_t s) {
+                        const double *loss_guard, cudaStream_t s) {
     (void)s;
+    if (loss_guard && !isfinite(*loss_guard)) {
+        *changed = 0;
+        return 0;
+    }
     float rate = *lr * lr_mult;
     for (int i = 0; i < 3 * P; i++) {
         sgd_one(&tau[i], &tau_velocity[i], tau_grad[i], rate, momentum, 0.0f, nesterov);
