@@ -134,7 +134,7 @@ static void check_grads(const mfres_model *m, const double *ref, double rel_tol,
  * through that envelope: the reference is computed on the bfloat16 images and
  * convolution weights the GPU reads, a second reference on images perturbed
  * by one rounding gives the envelope, and the GPU's whole gradient must be
- * within BF16_ENVELOPE times it. Each tensor must be within 0.6 of its norm
+ * within BF16_TOL.envelope times it. Each tensor must be within 0.6 of its norm
  * plus that many times its own envelope (plus 1e-3 of the whole gradient:
  * some gradients are zero). Measured on both emulated GPUs (which round as the
  * device does) over the six networks with MFRES_TEST_VERBOSE=1: the whole
@@ -147,17 +147,23 @@ static void check_grads(const mfres_model *m, const double *ref, double rel_tol,
 typedef struct precision_tol {
     mfres_precision p;
     double loss, grad_rel, grad_abs, tau;
+    double envelope;       /* times the envelope allowed more (0: none) */
+    double rounding;       /* the envelope's perturbation: relative width of one rounding */
+    bool round_inputs;     /* the reference reads the images and convolution weights rounded to bfloat16 */
 } precision_tol;
-static const precision_tol FP32_TOL = {MFRES_PRECISION_FP32, 1e-5, 1e-4, 1e-7, 1e-4};
+static const precision_tol FP32_TOL = {MFRES_PRECISION_FP32, 1e-5, 1e-4, 1e-7, 1e-4, 0, 0, false};
+/* tf32 rounds the convolutions' operands to 10 significant bits (relative
+ * 2^-11) on the tensor cores and keeps float32 everywhere else: held like
+ * bf16, through the envelope of a rounding four times finer. No emulation
+ * rounds as the tensor cores do, so this runs on a GPU only. */
+static const precision_tol TF32_TOL = {MFRES_PRECISION_TF32, 3e-3, 0.6, 1e-3, 0.6, 5, 1.0 / 1024, false};
 #ifdef MFRES_GPU_BF16_WIDE
 /* test_gpu_bf16_wide: bfloat16 stored as float, so bf16 is held to fp32's tolerances. */
 static const bool BF16_WIDE = true;
-static const precision_tol BF16_TOL = {MFRES_PRECISION_BF16, 1e-5, 1e-4, 1e-7, 1e-4};
-static const double BF16_ENVELOPE = 0;
+static const precision_tol BF16_TOL = {MFRES_PRECISION_BF16, 1e-5, 1e-4, 1e-7, 1e-4, 0, 0, true};
 #else
 static const bool BF16_WIDE = false;
-static const precision_tol BF16_TOL = {MFRES_PRECISION_BF16, 3e-3, 0.6, 1e-3, 0.6};
-static const double BF16_ENVELOPE = 5;
+static const precision_tol BF16_TOL = {MFRES_PRECISION_BF16, 3e-3, 0.6, 1e-3, 0.6, 5, 1.0 / 256, true};
 #endif
 
 /* x rounded to bfloat16 and back, in place. */
@@ -169,9 +175,9 @@ static void check_gpu_vs_ref_at(net_kind kind, mfres_mode mode, int in_c, int hw
     fixture f;
     make_gpu_fixture(&f, kind, mode, 8, in_c, hw, 11);
     mfres_model *m = &f.m;
-    bool bf16 = tol.p == MFRES_PRECISION_BF16;
+
     size_t n_images = (size_t)8 * in_c * hw * hw;
-    if (bf16) { /* the values the GPU's convolutions read */
+    if (tol.round_inputs) { /* the values the GPU's convolutions read */
         round_bf16(f.images, n_images);
         for (int t = 0; t < m->n_tensors; t++)
             if (m->tensors[t].ndim == 4 && !m->tensors[t].is_tau) round_bf16(m->tensors[t].data, m->tensors[t].numel);
@@ -182,12 +188,12 @@ static void check_gpu_vs_ref_at(net_kind kind, mfres_mode mode, int in_c, int hw
     double *g = malloc(m->n_params * sizeof(double)), *tg = calloc(m->n_tau + 1, sizeof(double)), ref_loss, loss;
     ck_assert_ok(mfres_model_ref_loss_and_grad(m, p, tau, f.images, f.labels, &ref_loss, g, tg));
     double *env = NULL, *tenv = NULL; /* the reference on images moved by one bfloat16 rounding */
-    if (bf16 && BF16_ENVELOPE > 0) {
+    if (tol.envelope > 0) {
         float *moved = malloc(n_images * sizeof(float));
         mfres_rng rng;
         mfres_rng_seed(&rng, 99);
         for (size_t i = 0; i < n_images; i++)
-            moved[i] = f.images[i] * (float)(1.0 + (mfres_rng_uniform(&rng) - 0.5) / 256.0);
+            moved[i] = f.images[i] * (float)(1.0 + (mfres_rng_uniform(&rng) - 0.5) * tol.rounding);
         env = malloc(m->n_params * sizeof(double)), tenv = calloc(m->n_tau + 1, sizeof(double));
         double moved_loss;
         ck_assert_ok(mfres_model_ref_loss_and_grad(m, p, tau, moved, f.labels, &moved_loss, env, tenv));
@@ -202,14 +208,14 @@ static void check_gpu_vs_ref_at(net_kind kind, mfres_mode mode, int in_c, int hw
     measured("%s %s: loss error %.3g (relative)", kind.name, pname, fabs(loss - ref_loss) / fabs(ref_loss));
     ck_assert_msg(fabs(loss - ref_loss) <= tol.loss * fabs(ref_loss), "%s %s: GPU loss %.8g vs reference %.8g",
                   kind.name, pname, loss, ref_loss);
-    check_grads_within(m, g, tol.grad_rel, tol.grad_abs, env, BF16_ENVELOPE, kind.name);
+    check_grads_within(m, g, tol.grad_rel, tol.grad_abs, env, tol.envelope, kind.name);
     if (m->n_tau) {
         double *fast = malloc(m->n_tau * sizeof(double));
         for (int i = 0; i < m->n_tau; i++) fast[i] = m->tau_grad[i];
         double err = dist(fast, tg, 0, m->n_tau), norm = 0;
         for (int i = 0; i < m->n_tau; i++) norm += tg[i] * tg[i];
         norm = sqrt(norm);
-        double allowed = tol.tau * norm + (tenv ? BF16_ENVELOPE * dist(tenv, tg, 0, m->n_tau) : 0);
+        double allowed = tol.tau * norm + (tenv ? tol.envelope * dist(tenv, tg, 0, m->n_tau) : 0);
         measured("  %s %s: tau gradient error %.3g (relative; allowed %.3g)", kind.name, pname, err / norm,
                  allowed / norm);
         ck_assert_msg(err <= allowed, "%s %s: tau gradient relative error %.3g (allowed %.3g)", kind.name, pname,
@@ -255,6 +261,14 @@ END_TEST
 START_TEST(gpu_bf16_near_reference_resnext) {
     check_gpu_vs_ref_at(RESNEXT_POST, MFRES_MODE_MEANFIELD, 3, 8, BF16_TOL);
     check_gpu_vs_ref_at(RESNEXT_PRE, MFRES_MODE_MEANFIELD, 1, 8, BF16_TOL);
+}
+END_TEST
+
+/* --precision tf32 on a GPU: near the double reference, within what TF32 allows (TF32_TOL). */
+START_TEST(gpu_tf32_near_reference) {
+    check_gpu_vs_ref_at(POSTACT, MFRES_MODE_MEANFIELD, 3, 16, TF32_TOL);
+    check_gpu_vs_ref_at(PREACT, MFRES_MODE_MEANFIELD, 1, 12, TF32_TOL);
+    check_gpu_vs_ref_at(RESNEXT_POST, MFRES_MODE_MEANFIELD, 3, 8, TF32_TOL);
 }
 END_TEST
 
@@ -743,6 +757,11 @@ static Suite *make_suite(void) {
         printf("SKIP the bf16 cases of test_gpu_model: %s\n", mfres_last_error());
         mfres_clear_error();
     }
+    /* tf32's rounding is the tensor cores': there is no emulation of it */
+    if (!BF16_WIDE && mfres_device_check(MFRES_DEVICE_CUDA, MFRES_PRECISION_TF32) == MFRES_OK)
+        tcase_add_test(tc, gpu_tf32_near_reference);
+    else
+        mfres_clear_error();
 #ifndef EMULATED_GPU
     tcase_add_test(tc, gpu_fashion_mnist_reaches_cpu_accuracy);
 #endif
