@@ -181,7 +181,14 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode) {
     capturing = true, capture_stream = s, capture_graph = new Graph;
     return cudaSuccess;
 }
-cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g) { capturing = false; *g = (cudaGraph_t)capture_graph; return cudaSuccess; }
+/* EMU_GRAPH_SIZES=1 prints how many operations (kernel launches and library
+ * calls) each captured graph holds: the launches a step saves. */
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g) {
+    capturing = false;
+    *g = (cudaGraph_t)capture_graph;
+    if (getenv("EMU_GRAPH_SIZES")) printf("emulated CUDA graph captured: %zu operations\n", capture_graph->ops.size());
+    return cudaSuccess;
+}
 /* An executable graph is a copy, as CUDA's is: the graph may be destroyed after. */
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) {
     *e = (cudaGraphExec_t) new Graph(*(Graph *)g);
