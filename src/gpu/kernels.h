@@ -6,9 +6,11 @@
  * element type `t` the call names: float32, or bfloat16 under --precision
  * bf16; every kernel computes in float32 and rounds to nearest-even on
  * storing a bfloat16. Parameters, their gradients, batch statistics, the head
- * (pooled features, logits) and tau are always float32. Per-channel reductions (batch norm, dE/dh) are deterministic:
- * fixed grid shapes, partial sums in the caller's `partials` scratch in a
- * fixed order, no floating-point atomics; the same inputs give the same bits.
+ * (pooled features, logits) and tau are always float32.
+ *
+ * Per-channel reductions (batch norm, dE/dh) are deterministic: fixed grid
+ * shapes, partial sums in the caller's `partials` scratch in a fixed order,
+ * no floating-point atomics; the same inputs give the same bits.
  *
  * Values that change from step to step without changing the work (the step h
  * of a position, the learning rate) are read from device memory, never passed
