@@ -534,17 +534,29 @@ static void train_steps(mfres_model *m, tiny_data *t, int steps, const char *gra
     train_steps_at(m, t, steps, graphs, MFRES_PRECISION_FP32, NULL, NULL);
 }
 
+/* Trains m[0] and m[1] with graphs and m[2] without, `steps` steps each in
+ * precision p, and holds them to the same bits; the first and last step's
+ * loss of m[0]. */
+static void train_thrice_same_bits(mfres_model m[3], tiny_data *t, int steps, mfres_precision p, double *first,
+                                   double *last) {
+    train_steps_at(&m[0], t, steps, GRAPHS_ON, p, first, last);
+    train_steps_at(&m[1], t, steps, GRAPHS_ON, p, NULL, NULL);
+    train_steps_at(&m[2], t, steps, "0", p, NULL, NULL);
+    const char *name = mfres_precision_name(p);
+    ck_assert_msg(!memcmp(m[0].params, m[1].params, m[0].n_params * sizeof(float)), "%s: two identical runs differ",
+                  name);
+    ck_assert_msg(!memcmp(m[0].tau, m[1].tau, m[0].n_tau * sizeof(float)), "%s: two identical runs differ in tau",
+                  name);
+    ck_assert_msg(!memcmp(m[0].params, m[2].params, m[0].n_params * sizeof(float)),
+                  "%s: graphs and plain launches differ", name);
+}
+
 START_TEST(gpu_same_inputs_same_bits) {
     tiny_data t;
     make_tiny_data(&t, 32, 8, 8, 4);
-    mfres_model a, b, c;
-    train_steps(&a, &t, 6, GRAPHS_ON);
-    train_steps(&b, &t, 6, GRAPHS_ON);
-    train_steps(&c, &t, 6, "0");
-    ck_assert_msg(!memcmp(a.params, b.params, a.n_params * sizeof(float)), "two identical runs differ");
-    ck_assert_msg(!memcmp(a.tau, b.tau, a.n_tau * sizeof(float)), "two identical runs differ in tau");
-    ck_assert_msg(!memcmp(a.params, c.params, a.n_params * sizeof(float)), "graphs and plain launches differ");
-    mfres_model_free(&a), mfres_model_free(&b), mfres_model_free(&c);
+    mfres_model m[3];
+    train_thrice_same_bits(m, &t, 6, MFRES_PRECISION_FP32, NULL, NULL);
+    for (int k = 0; k < 3; k++) mfres_model_free(&m[k]);
     free_tiny_data(&t);
 }
 END_TEST
@@ -555,25 +567,20 @@ END_TEST
 START_TEST(gpu_bf16_training_same_bits_and_learns) {
     tiny_data t;
     make_tiny_data(&t, 32, 8, 8, 4);
-    mfres_model a, b, c;
-    double first, last, first_b, last_b;
-    train_steps_at(&a, &t, 24, GRAPHS_ON, MFRES_PRECISION_BF16, &first, &last);
-    train_steps_at(&b, &t, 24, GRAPHS_ON, MFRES_PRECISION_BF16, &first_b, &last_b);
-    train_steps_at(&c, &t, 24, "0", MFRES_PRECISION_BF16, NULL, NULL);
+    mfres_model m[3], *a = &m[0];
+    double first, last;
+    train_thrice_same_bits(m, &t, 24, MFRES_PRECISION_BF16, &first, &last);
     measured("bf16 training: loss %.4f at the first step, %.4f at the last", first, last);
-    ck_assert_msg(!memcmp(a.params, b.params, a.n_params * sizeof(float)), "two identical bf16 runs differ");
-    ck_assert_msg(!memcmp(a.tau, b.tau, a.n_tau * sizeof(float)), "two identical bf16 runs differ in tau");
-    ck_assert_msg(!memcmp(a.params, c.params, a.n_params * sizeof(float)), "bf16: graphs and plain launches differ");
     ck_assert_msg(last < 0.7 * first, "bf16 training: loss %.4f after 24 steps, %.4f at the first", last, first);
     /* The plan that trained evaluates as a new plan made from the trained
      * parameters: the bfloat16 weight copy followed every update. */
     double trained, fresh;
-    ck_assert_ok(mfres_model_forward(&a, t.batch_images, t.batch_labels, false, &trained, NULL));
-    ck_assert_ok(mfres_model_set_device(&a, MFRES_DEVICE_CPU, MFRES_PRECISION_FP32));
-    ck_assert_ok(mfres_model_set_device(&a, MFRES_DEVICE_CUDA, MFRES_PRECISION_BF16));
-    ck_assert_ok(mfres_model_forward(&a, t.batch_images, t.batch_labels, false, &fresh, NULL));
+    ck_assert_ok(mfres_model_forward(a, t.batch_images, t.batch_labels, false, &trained, NULL));
+    ck_assert_ok(mfres_model_set_device(a, MFRES_DEVICE_CPU, MFRES_PRECISION_FP32));
+    ck_assert_ok(mfres_model_set_device(a, MFRES_DEVICE_CUDA, MFRES_PRECISION_BF16));
+    ck_assert_ok(mfres_model_forward(a, t.batch_images, t.batch_labels, false, &fresh, NULL));
     ck_assert_msg(trained == fresh, "bf16: the training plan evaluates to %.9g, a fresh plan to %.9g", trained, fresh);
-    mfres_model_free(&a), mfres_model_free(&b), mfres_model_free(&c);
+    for (int k = 0; k < 3; k++) mfres_model_free(&m[k]);
     free_tiny_data(&t);
 }
 END_TEST
