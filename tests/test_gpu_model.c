@@ -175,8 +175,7 @@ static void check_gpu_vs_ref_at(net_kind kind, mfres_mode mode, int in_c, int hw
     fixture f;
     make_gpu_fixture(&f, kind, mode, 8, in_c, hw, 11);
     mfres_model *m = &f.m;
-
-    size_t n_images = (size_t)8 * in_c * hw * hw;
+    size_t n_images = (size_t)m->cfg.batch * in_c * hw * hw;
     if (tol.round_inputs) { /* the values the GPU's convolutions read */
         round_bf16(f.images, n_images);
         for (int t = 0; t < m->n_tensors; t++)

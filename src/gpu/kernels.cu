@@ -675,16 +675,6 @@ __global__ void k_nhwc_to_nchw(I n, float *dst, const T *src, int C, int H, int 
 /* dst[i] = src[i] as a D: rounded once from bfloat16's float, or unchanged
  * between arrays of one type (a bfloat16 NaN keeps its bits). */
 template <typename I, typename D, typename S>
-__global__ void k_convert(I n, D *dst, const S *src) {
-    GRID_STRIDE(I, i, n) {
-        if constexpr (std::is_same<D, S>::value)
-            dst[i] = src[i];
-        else
-            dst[i] = from_f32<D>(to_f32(src[i]));
-    }
-}
-
-template <typename I, typename D, typename S>
 __global__ void k_convert_channels(I n, D *dst, int dst_c, const S *src, int src_c, int c) {
     GRID_STRIDE(I, i, n) {
         const I r = i / (I)dst_c, j = i - r * (I)dst_c;
@@ -712,15 +702,9 @@ size_t gk_partials_floats(int C) {
  * that its gk_dtype names (with_dtype: an unknown one is
  * cudaErrorInvalidValue before anything else is looked at). */
 
+/* A conversion is the channel conversion of n rows of one channel. */
 int gk_convert(gk_dtype dst_t, void *dst, gk_dtype src_t, const void *src, long n, cudaStream_t s) {
-    return with_dtype(dst_t, [&](auto dtag) {
-        using D = typename decltype(dtag)::type;
-        return with_dtype(src_t, [&](auto stag) {
-            using S = typename decltype(stag)::type;
-            if (n < 0) return invalid();
-            EW_LAUNCH_T(k_convert, D, n, n, s, (D *)dst, (const S *)src); /* S from the argument */
-        });
-    });
+    return gk_convert_channels(dst_t, dst, 1, src_t, src, 1, n, 1, s);
 }
 
 int gk_convert_channels(gk_dtype dst_t, void *dst, int dst_c, gk_dtype src_t, const void *src, int src_c, long rows,

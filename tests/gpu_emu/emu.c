@@ -94,18 +94,6 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
 
 /* ---- cudnn_conv.c's functions: NHWC maps, KRSC weights, groups ---- */
 
-int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres_precision p, bool need_bwd_data) {
-    (void)h;
-    memset(c, 0, sizeof *c);
-    c->dt = p == MFRES_PRECISION_BF16 ? GK_BF16 : GK_F32;
-    c->N = N, c->C = s->C, c->H = s->H, c->W = s->W, c->K = s->K, c->R = s->R, c->stride = s->stride;
-    c->pad = s->pad, c->groups = s->groups, c->OH = s->OH, c->OW = s->OW, c->need_bwd_data = need_bwd_data;
-    if ((c->H + 2 * c->pad - c->R) / c->stride + 1 != c->OH || (c->W + 2 * c->pad - c->R) / c->stride + 1 != c->OW)
-        return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: output shape mismatch");
-    c->workspace = 4096; /* exercise the plan's workspace */
-    return MFRES_OK;
-}
-void gpu_conv_free(gpu_conv *c) { memset(c, 0, sizeof *c); }
 
 static dnn_ref_conv ref_of(const gpu_conv *c) {
     return (dnn_ref_conv){c->N, c->C, c->H, c->W, c->K, c->R, c->stride, c->pad, c->groups, c->OH, c->OW, c->dt == GK_BF16};
@@ -137,8 +125,4 @@ int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, void *dw, cons
     dnn_ref_conv r = ref_of(c);
     dnn_ref_conv_backward_weights(&r, dw, x, dy);
     return MFRES_OK;
-}
-
-void gpu_conv_describe(const gpu_conv *c, char *buf, size_t cap) {
-    snprintf(buf, cap, "emulated %dx%d convolution", c->R, c->R);
 }

@@ -18,16 +18,7 @@
 size_t gk_partials_floats(int C) { return 2 * (size_t)(C > 0 ? C : 1) + 1024; }
 
 int gk_convert(gk_dtype dst_t, void *dst, gk_dtype src_t, const void *src, long n, cudaStream_t s) {
-    (void)s;
-    CHECK_DTYPE(dst_t);
-    CHECK_DTYPE(src_t);
-    if (n < 0) return cudaErrorInvalidValue;
-    if (dst_t == src_t) { /* a copy: the bits unchanged */
-        if (n) memmove(dst, src, (size_t)n * gk_dtype_size(src_t));
-        return 0;
-    }
-    for (long i = 0; i < n; i++) gk_store(dst_t, dst, (size_t)i, gk_load(src_t, src, (size_t)i));
-    return 0;
+    return gk_convert_channels(dst_t, dst, 1, src_t, src, 1, n, 1, s);
 }
 
 int gk_convert_channels(gk_dtype dst_t, void *dst, int dst_c, gk_dtype src_t, const void *src, int src_c, long rows,
@@ -36,9 +27,14 @@ int gk_convert_channels(gk_dtype dst_t, void *dst, int dst_c, gk_dtype src_t, co
     CHECK_DTYPE(dst_t);
     CHECK_DTYPE(src_t);
     if (rows < 0 || c < 0 || c > dst_c || c > src_c) return cudaErrorInvalidValue;
+    const size_t es = gk_dtype_size(dst_t);
     for (long r = 0; r < rows; r++)
-        for (int j = 0; j < dst_c; j++)
-            gk_store(dst_t, dst, (size_t)r * dst_c + j, j < c ? gk_load(src_t, src, (size_t)r * src_c + j) : 0.0f);
+        for (int j = 0; j < dst_c; j++) {
+            size_t d = (size_t)r * dst_c + j, from = (size_t)r * src_c + j;
+            if (j >= c) gk_store(dst_t, dst, d, 0.0f);
+            else if (dst_t == src_t) memcpy((char *)dst + d * es, (const char *)src + from * es, es); /* bits unchanged */
+            else gk_store(dst_t, dst, d, gk_load(src_t, src, from));
+        }
     return 0;
 }
 

@@ -94,17 +94,6 @@ static void run_conv(void *p) {
     else dnn_ref_conv_backward_weights(&a->c, a->out, a->a, a->b);
 }
 
-int gpu_conv_init(gpu_conv *c, cudnnHandle_t h, const arch_conv *s, int N, mfres_precision p, bool need_bwd_data) {
-    (void)h;
-    memset(c, 0, sizeof *c);
-    c->dt = p == MFRES_PRECISION_BF16 ? GK_BF16 : GK_F32;
-    c->N = N, c->C = s->C, c->H = s->H, c->W = s->W, c->K = s->K, c->R = s->R, c->stride = s->stride;
-    c->pad = s->pad, c->groups = s->groups, c->OH = s->OH, c->OW = s->OW, c->need_bwd_data = need_bwd_data;
-    c->workspace = 4096;
-    return MFRES_OK;
-}
-void gpu_conv_free(gpu_conv *c) { memset(c, 0, sizeof *c); }
-
 static int enqueue(const gpu_conv *c, int pass, void *out, const void *a, const void *b, const void *ws,
                    size_t ws_bytes) {
     if (!ws || ws_bytes < c->workspace) return mfres_fail(MFRES_EBACKEND, "emulated cuDNN: workspace too small");
@@ -129,7 +118,4 @@ int gpu_conv_backward_weights(const gpu_conv *c, cudnnHandle_t h, void *dw, cons
                               void *ws, size_t ws_bytes) {
     (void)h;
     return enqueue(c, 2, dw, x, dy, ws, ws_bytes);
-}
-void gpu_conv_describe(const gpu_conv *c, char *buf, size_t cap) {
-    snprintf(buf, cap, "emulated %dx%d convolution", c->R, c->R);
 }
