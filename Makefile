@@ -150,8 +150,10 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libmfres.a
 setup:
 	@bash scripts/setup.sh
 
+# The build, and the test binaries (tests/run_tests.sh), use every core (README,
+# Tests, has the times); a -j given on the command line wins.
 test: setup
-	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TOOL_BIN)
+	@$(MAKE) --no-print-directory $(if $(filter -j%,$(MAKEFLAGS)),,-j$(shell nproc)) all $(TEST_BIN) $(TOOL_BIN)
 	@bash tests/run_tests.sh
 
 # The default job: ResNet-20, mean-field training, Fashion-MNIST, short schedule.
