@@ -70,10 +70,9 @@ report() {
 }
 next=0; running=(); total=${#names[@]}
 while [ "$next" -lt "$total" ] || [ ${#running[@]} -gt 0 ]; do
-  # A job that may not share starts alone, and nothing starts beside it.
+  # A job starts beside others only if it and they may share.
   while [ "$next" -lt "$total" ] && [ ${#running[@]} -lt "$jobs_max" ] &&
-        { [ "${shared[$next]}" = 1 ] || [ ${#running[@]} -eq 0 ]; } &&
-        { [ ${#running[@]} -eq 0 ] || [ "${shared[${running[0]}]}" = 1 ]; }; do
+        { [ ${#running[@]} -eq 0 ] || { [ "${shared[$next]}" = 1 ] && [ "${shared[${running[0]}]}" = 1 ]; }; }; do
     start "$next"; running+=("$next"); next=$((next+1))
   done
   wait -n 2>/dev/null
